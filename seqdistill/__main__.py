@@ -1,0 +1,3 @@
+from seqdistill.cli import main
+
+main()

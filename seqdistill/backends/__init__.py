@@ -1,0 +1,34 @@
+"""Generation backends behind one small interface; heavy imports happen only when one is selected."""
+
+from __future__ import annotations
+
+import importlib
+
+from seqdistill.backends.base import Backend, Request, Result
+from seqdistill.config import GenerateConfig
+from seqdistill.errors import ConfigError
+
+__all__ = ["Backend", "Request", "Result", "BACKENDS", "create_backend"]
+
+BACKENDS = {
+    "openai": "seqdistill.backends.openai_compat:OpenAIBackend",
+    "transformers": "seqdistill.backends.transformers_local:TransformersBackend",
+    "vllm": "seqdistill.backends.vllm_offline:VLLMBackend",
+}
+EXTRAS = {"vllm": "vllm"}
+
+
+def create_backend(cfg: GenerateConfig) -> Backend:
+    """Instantiate the backend named by `cfg.backend`; unknown names and missing extras are one-line errors."""
+    target = BACKENDS.get(cfg.backend)
+    if target is None:
+        raise ConfigError(f"unknown backend {cfg.backend!r}; choose one of: {', '.join(BACKENDS)}")
+    module_name, cls_name = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        extra = EXTRAS.get(cfg.backend, cfg.backend)
+        raise ConfigError(
+            f"backend {cfg.backend} needs `pip install 'seqdistill[{extra}]'` ({e.name or e} is not installed)"
+        ) from None
+    return getattr(module, cls_name)(cfg)

@@ -1,0 +1,79 @@
+"""In-process generation with transformers: the embedded default that runs on a laptop CPU.
+
+Samples are sorted by prompt length and generated in batches (left padding); a batch stops as soon
+as every row has produced its end-of-turn token. Not covered: speculative decoding, KV-cache reuse
+across samples of one prompt, multi-GPU — use the vllm or openai backends for real throughput.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+from seqdistill.backends.base import Backend, Request, Result
+from seqdistill.models import load_model
+
+
+class TransformersBackend(Backend):
+    name = "transformers"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        import torch
+
+        self._torch = torch
+        self.model, self.tokenizer = load_model(cfg.model, cfg.dtype)
+        if cfg.sampling.seed is not None:
+            torch.manual_seed(cfg.sampling.seed)
+
+    def generate(self, requests: list[Request], stop: threading.Event) -> Iterator[Result]:
+        rows = [(req, idx) for req in requests for idx in req.sample_indices]
+        texts = {id(req): self._render(req) for req in requests}
+        lengths = {
+            key: len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) for key, text in texts.items()
+        }
+        rows.sort(key=lambda row: lengths[id(row[0])])
+        bs = self.cfg.batch_size
+        for start in range(0, len(rows), bs):
+            if stop.is_set():
+                return
+            batch = rows[start : start + bs]
+            yield from self._generate_batch(batch, [texts[id(req)] for req, _ in batch])
+
+    def _render(self, req: Request) -> str:
+        return self.tokenizer.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)
+
+    def _generate_batch(self, batch: list[tuple[Request, int]], texts: list[str]) -> list[Result]:
+        torch, tok, s = self._torch, self.tokenizer, self.cfg.sampling
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        kwargs = {"max_new_tokens": s.max_tokens, "pad_token_id": tok.pad_token_id}
+        if s.temperature > 0:
+            kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if s.stop:
+            kwargs.update(stop_strings=s.stop, tokenizer=tok)
+        with torch.inference_mode():
+            out = self.model.generate(**enc, **kwargs)
+        new = out[:, enc["input_ids"].shape[1] :]
+        eos_ids = set(_as_list(self.model.generation_config.eos_token_id) + _as_list(tok.eos_token_id))
+        results = []
+        for row, ((req, idx), ids) in enumerate(zip(batch, new.tolist(), strict=True)):
+            end = next((i for i, t in enumerate(ids) if t in eos_ids), None)
+            kept = ids if end is None else ids[: end + 1]
+            text = tok.decode(kept, skip_special_tokens=True)
+            finish = "stop" if end is not None else "length"
+            if s.stop and end is None and any(text.rstrip().endswith(x) for x in s.stop):
+                finish = "stop"
+            usage = {"prompt_tokens": int(enc["attention_mask"][row].sum()), "completion_tokens": len(kept)}
+            results.append(Result(req, idx, text.strip(), finish, None, usage))
+        return results
+
+    def close(self) -> None:
+        self.model = None
+
+
+def _as_list(value) -> list[int]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]

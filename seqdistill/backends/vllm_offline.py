@@ -1,0 +1,54 @@
+"""vLLM in-process (`vllm.LLM.chat`) for GPU machines; imported only when this backend is chosen.
+
+vLLM's CUDA wheel pins its own torch/transformers, which clash with the training stack: install it in
+its own environment with `pip install 'seqdistill[vllm]'`. It cannot run on our CPU-only CI, so this
+backend is exercised only where a GPU is present.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import vllm  # noqa: F401  (ImportError here becomes "needs pip install 'seqdistill[vllm]'")
+
+from seqdistill.backends.base import Backend, Request, Result
+from seqdistill.models import resolve_model
+
+
+class VLLMBackend(Backend):
+    name = "vllm"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.llm = vllm.LLM(
+            model=resolve_model(cfg.model), tensor_parallel_size=cfg.tensor_parallel_size, dtype=cfg.dtype
+        )
+
+    def generate(self, requests: list[Request], stop: threading.Event) -> Iterator[Result]:
+        s = self.cfg.sampling
+        # vLLM batches internally; chunks keep results flowing to disk and let Ctrl-C stop between chunks.
+        chunk = max(1, self.cfg.batch_size * 8)
+        for start in range(0, len(requests), chunk):
+            if stop.is_set():
+                return
+            part = requests[start : start + chunk]
+            params = [
+                vllm.SamplingParams(
+                    n=req.n,
+                    temperature=s.temperature,
+                    top_p=s.top_p,
+                    max_tokens=s.max_tokens,
+                    seed=s.seed,
+                    stop=s.stop,
+                )
+                for req in part
+            ]
+            outputs = self.llm.chat([req.messages for req in part], params, use_tqdm=False)
+            for req, out in zip(part, outputs, strict=True):
+                for completion, idx in zip(out.outputs, req.sample_indices, strict=False):
+                    usage = {
+                        "prompt_tokens": len(out.prompt_token_ids),
+                        "completion_tokens": len(completion.token_ids),
+                    }
+                    yield Result(req, idx, completion.text, completion.finish_reason, None, usage)

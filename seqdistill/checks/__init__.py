@@ -1,0 +1,1 @@
+"""Filter rules and answer checkers."""

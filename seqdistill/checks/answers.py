@@ -1,0 +1,287 @@
+"""Answer checkers: decide whether a completion's final answer matches a reference answer.
+
+Every checker is a plain function ``(completion_text, reference) -> Verdict``. ``correct`` is
+True / False when the answer could be compared and None when it could not (no answer found,
+reference unparseable), so callers can tell "wrong" apart from "unverifiable".
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from collections.abc import Callable
+from typing import NamedTuple
+
+from seqdistill.errors import ConfigError
+
+# Tolerances for the numeric checker: relative for large values, absolute so that 0 == 0.0 == -0.
+REL_TOL = 1e-6
+ABS_TOL = 1e-9
+
+
+class Verdict(NamedTuple):
+    """Outcome of one answer check."""
+
+    correct: bool | None  # True correct, False wrong, None unverifiable
+    reason: str  # short human-readable explanation
+    answer: str | None  # answer extracted from the completion, if any
+
+
+Checker = Callable[[str, str], Verdict]
+
+_BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+
+
+def last_boxed(text: str) -> str | None:
+    """Return the content of the last well-formed ``\\boxed{...}`` in ``text``, or None.
+
+    Braces are matched by counting, because boxed answers often contain nested braces.
+
+    >>> last_boxed(r"first \\boxed{1}, then \\boxed{\\frac{3}{4}}")
+    '\\\\frac{3}{4}'
+    >>> last_boxed("no box") is None
+    True
+    """
+    for match in reversed(list(_BOXED_RE.finditer(text))):
+        depth, start = 1, match.end()
+        for i in range(start, len(text)):
+            if text[i] == "{":
+                depth += 1
+            elif text[i] == "}":
+                depth -= 1
+            if depth == 0:
+                return text[start:i]
+        # Unbalanced (e.g. truncated generation): try an earlier box instead.
+    return None
+
+
+# ---------------------------------------------------------------------------- math
+
+
+def _mv_kwargs() -> tuple[dict, dict]:
+    """Keyword arguments for math_verify's parse / verify in the current thread.
+
+    math_verify enforces its timeouts with signal.alarm, which raises off the main thread,
+    so worker threads must disable them (the caller then owns any overall time limit).
+    """
+    if threading.current_thread() is threading.main_thread():
+        return {}, {}
+    return {"parsing_timeout": None}, {"timeout_seconds": None}
+
+
+def check_math(completion: str, reference: str) -> Verdict:
+    """Compare mathematically with math_verify (symbolic and numeric equivalence).
+
+    >>> check_math(r"So $x = \\boxed{\\frac{1}{2}}$.", "0.5").correct
+    True
+    """
+    from math_verify import parse, verify  # heavy import (sympy): only pay for it when used
+
+    parse_kw, verify_kw = _mv_kwargs()
+    # A bare reference such as "(x+1)^2" only parses inside math delimiters.
+    gold = parse(reference, **parse_kw) or parse(f"${reference}$", **parse_kw)
+    if not gold:
+        return Verdict(None, f"cannot parse reference {reference!r}", None)
+    # math_verify merges several \boxed{} into one set, so we pick the last box ourselves.
+    boxed = last_boxed(completion)
+    text = "\\boxed{" + boxed + "}" if boxed is not None else completion.replace("**", "")
+    pred = parse(text, **parse_kw)
+    if not pred:
+        return Verdict(None, "no parseable answer in completion", None)
+    # parse() returns [sympy_object, matched_string]; the string is the human-readable answer.
+    answer = pred[-1] if isinstance(pred[-1], str) else str(pred[0])
+    if verify(gold, pred, **verify_kw):
+        return Verdict(True, f"answer {answer} == reference {reference}", answer)
+    return Verdict(False, f"answer {answer} != reference {reference}", answer)
+
+
+# ---------------------------------------------------------------------------- numeric
+
+# Thousands groups must be exactly three digits so that "1,2,3" stays three numbers.
+_NUM = r"(?:\d{1,3}(?:,\d{3})+(?!\d)(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
+_NUMBER_RE = re.compile(
+    # No digit/letter/dot before the sign: "10-12" is a range, not 10 and -12.
+    r"(?<![\w.])(?P<neg>[-\u2212]\s*)?(?:"
+    rf"\\[dt]?frac\s*\{{\s*(?P<tn>-?{_NUM})\s*\}}\s*\{{\s*(?P<td>-?{_NUM})\s*\}}"
+    rf"|(?P<sn>{_NUM})\s*/\s*(?P<sd>{_NUM})"
+    rf"|(?P<plain>{_NUM}))"
+)
+
+
+def _number_value(m: re.Match) -> float | None:
+    """Value of one _NUMBER_RE match; None for a zero denominator."""
+
+    def num(s: str) -> float:
+        return float(s.replace(",", ""))
+
+    if m["plain"] is not None:
+        value = num(m["plain"])
+    else:
+        top, bottom = (m["tn"], m["td"]) if m["tn"] is not None else (m["sn"], m["sd"])
+        if num(bottom) == 0:
+            return None
+        value = num(top) / num(bottom)
+    return -value if m["neg"] else value
+
+
+def last_number(text: str) -> float | None:
+    """Final number of ``text`` (inside the last ``\\boxed{}`` if there is one), or None.
+
+    >>> last_number(r"Total: 1,234 apples, i.e. \\boxed{-\\dfrac{3}{4}}")
+    -0.75
+    >>> last_number("she paid $18.50 (a 10% tip).")
+    10.0
+    """
+    boxed = last_boxed(text)
+    # A box is the declared answer: if it holds no number, do not guess from the working.
+    matches = _NUMBER_RE.finditer(boxed if boxed is not None else text)
+    values = [v for v in map(_number_value, matches) if v is not None]
+    return values[-1] if values else None
+
+
+def _fmt(value: float) -> str:
+    """Short canonical text for a number: 1234.0 -> '1234', 0.75 -> '0.75'."""
+    return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+
+
+def check_numeric(completion: str, reference: str) -> Verdict:
+    """Compare the final number of the completion with the reference number, within tolerance.
+
+    >>> check_numeric("So the total is 1,234.", "1234")
+    Verdict(correct=True, reason='answer 1234 == reference 1234', answer='1234')
+    """
+    ref = last_number(reference)
+    if ref is None:
+        return Verdict(None, f"no number in reference {reference!r}", None)
+    got = last_number(completion)
+    if got is None:
+        return Verdict(None, "no number in completion", None)
+    answer = _fmt(got)
+    if math.isclose(got, ref, rel_tol=REL_TOL, abs_tol=ABS_TOL):
+        return Verdict(True, f"answer {answer} == reference {_fmt(ref)}", answer)
+    return Verdict(False, f"answer {answer} != reference {_fmt(ref)}", answer)
+
+
+# ---------------------------------------------------------------------------- choice
+
+_LETTER_BOX_RE = re.compile(r"\s*\(?\s*(?:\\text\{\s*)?([A-Ja-j])\s*\}?\s*\)?\s*\.?\s*")
+# Lower-case letters only count when parenthesised: "the answer is a bit..." must not mean A.
+_ANSWER_PHRASE_RE = re.compile(
+    r"answer\s*(?:is|:)?\s*:?\s*(?:option\s*|choice\s*)?[*$\s]*(?:\(([A-Ja-j])\)|([A-J])(?![A-Za-z0-9]))",
+    re.IGNORECASE,
+)
+_BOLD_RE = re.compile(r"\*\*\s*\(?([A-J])\)?[.:)]?\s*\*\*")
+_TRAILING_RE = re.compile(r"(?:^|[\s:(*$])\(?([A-J])(?:\)|\.|\b)[*$]*\s*\.?\s*$")
+
+
+def extract_choice(text: str) -> str | None:
+    """Multiple-choice letter A-J that ``text`` commits to, or None.
+
+    Priority: last ``\\boxed{}``, then the last "answer is X" phrase, then the last **X**, then a
+    letter standing at the very end.
+
+    >>> extract_choice("Option C looks tempting, but the answer is (b).")
+    'B'
+    >>> extract_choice("It is a good question.") is None
+    True
+    """
+    boxed = last_boxed(text)
+    if boxed is not None:
+        m = _LETTER_BOX_RE.fullmatch(boxed)
+        return m[1].upper() if m else None
+    # IGNORECASE applies to the phrase; the bare-letter branch is checked for upper case here.
+    phrases = [m for m in _ANSWER_PHRASE_RE.finditer(text) if m[1] or m[2].isupper()]
+    if phrases:
+        return (phrases[-1][1] or phrases[-1][2]).upper()
+    bolds = _BOLD_RE.findall(text)
+    if bolds:
+        return bolds[-1]
+    m = _TRAILING_RE.search(text)
+    return m[1] if m else None
+
+
+def check_choice(completion: str, reference: str) -> Verdict:
+    """Compare the chosen multiple-choice letter with the reference letter.
+
+    >>> check_choice("Answer: D", "(D)")
+    Verdict(correct=True, reason='answer D == reference D', answer='D')
+    """
+    m = re.fullmatch(r"\(?([A-Ja-j])\)?\.?", reference.strip())
+    if m is None:
+        return Verdict(None, f"reference {reference!r} is not a letter A-J", None)
+    ref = m[1].upper()
+    answer = extract_choice(completion)
+    if answer is None:
+        return Verdict(None, "no choice letter in completion", None)
+    if answer == ref:
+        return Verdict(True, f"answer {answer} == reference {ref}", answer)
+    return Verdict(False, f"answer {answer} != reference {ref}", answer)
+
+
+# ---------------------------------------------------------------------------- exact
+
+
+def normalize_text(text: str) -> str:
+    """Normalise for exact comparison: strip, drop surrounding $ and a trailing period, collapse spaces, casefold.
+
+    >>> normalize_text("  $Paris$. ")
+    'paris'
+    """
+    text = text.strip().strip("$").strip().removesuffix(".").strip().strip("$")
+    return " ".join(text.split()).casefold()
+
+
+def check_exact(completion: str, reference: str) -> Verdict:
+    """Normalised string equality; the last ``\\boxed{}`` content is the answer when present.
+
+    >>> check_exact(r"The capital is \\boxed{Paris}", "paris").correct
+    True
+    """
+    boxed = last_boxed(completion)
+    answer = normalize_text(boxed if boxed is not None else completion)
+    ref = normalize_text(reference)
+    if not ref:
+        return Verdict(None, "empty reference after normalisation", None)
+    if not answer:
+        return Verdict(None, "empty answer in completion", None)
+    if answer == ref:
+        return Verdict(True, f"answer {answer!r} == reference {ref!r}", answer)
+    return Verdict(False, f"answer {answer!r} != reference {ref!r}", answer)
+
+
+# ---------------------------------------------------------------------------- registry
+
+CHECKERS: dict[str, Checker] = {
+    "math": check_math,
+    "numeric": check_numeric,
+    "choice": check_choice,
+    "exact": check_exact,
+}
+
+
+def get_checker(name: str) -> Checker:
+    """Look up a checker by name; "none" is not a checker, callers handle it before this.
+
+    >>> get_checker("numeric") is check_numeric
+    True
+    """
+    try:
+        return CHECKERS[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown check {name!r}; choose one of: exact, math, numeric, choice, none") from None
+
+
+def check(name: str, completion: str, reference: str | None) -> Verdict:
+    """Run checker ``name``; never raises on odd completions or references (an unknown name does raise ConfigError).
+
+    >>> check("numeric", "42", None)
+    Verdict(correct=None, reason='no reference answer', answer=None)
+    """
+    checker = get_checker(name)  # a bad name is a config mistake and should stop the run loudly
+    if reference is None or (isinstance(reference, str) and not reference.strip()):
+        return Verdict(None, "no reference answer", None)
+    try:
+        return checker(completion, reference)
+    except Exception as e:  # one malformed sample must not abort a whole batch
+        return Verdict(None, f"checker error: {type(e).__name__}: {e}", None)

@@ -1,0 +1,110 @@
+"""Filter rules: each has a name and returns a `Drop(rule, reason)` for one sample, or None to keep it.
+
+Rules run in order and see only what earlier rules kept; the filter stage does the counting and
+writing. Stateful rules (dedup, selection) keep their memory across the stream, in input order, so
+the same input always gives the same output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter
+from typing import NamedTuple
+
+from seqdistill.checks.answers import check, get_checker
+from seqdistill.records import Sample
+
+
+class Drop(NamedTuple):
+    rule: str  # the funnel row this drop is counted in
+    reason: str
+
+
+class Rule:
+    name = "rule"
+
+    def __call__(self, sample: Sample) -> Drop | None:
+        raise NotImplementedError
+
+    def drop(self, reason: str) -> Drop:
+        return Drop(self.name, reason)
+
+
+class WellFormed(Rule):
+    """Drop samples without exactly one non-empty assistant message."""
+
+    name = "malformed"
+
+    def __call__(self, sample: Sample) -> Drop | None:
+        if len(sample.completion) != 1 or sample.completion[0].role != "assistant":
+            return self.drop("completion is not exactly one assistant message")
+        if not sample.completion[0].content.strip():
+            return self.drop("empty completion")
+        return None
+
+
+class Truncated(Rule):
+    name = "truncated"
+
+    def __call__(self, sample: Sample) -> Drop | None:
+        return self.drop("truncated (finish_reason=length)") if sample.finish_reason == "length" else None
+
+
+class AnswerCheck(Rule):
+    """Compare the final answer with `reference`; wrong and unverifiable are reported as separate rules."""
+
+    name = "answer"
+
+    def __init__(self, checker: str, keep_unverifiable: bool):
+        get_checker(checker)  # fail early on an unknown name
+        self.checker = checker
+        self.keep_unverifiable = keep_unverifiable
+        self.verdicts: Counter[str] = Counter()
+
+    def __call__(self, sample: Sample) -> Drop | None:
+        verdict = check(self.checker, sample.text, sample.reference)
+        label = {True: "correct", False: "wrong", None: "unverifiable"}[verdict.correct]
+        self.verdicts[label] += 1
+        sample.meta["check"] = {"name": self.checker, "result": label, "answer": verdict.answer}
+        if verdict.correct is False:
+            return Drop("wrong_answer", verdict.reason)
+        if verdict.correct is None and not self.keep_unverifiable:
+            return Drop("unverifiable", verdict.reason)
+        return None
+
+
+def normalize_completion(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().casefold()
+
+
+class ExactDuplicate(Rule):
+    """Drop a sample whose (prompt, normalized completion) was already kept."""
+
+    name = "duplicate"
+
+    def __init__(self):
+        self.seen: set[bytes] = set()
+
+    def __call__(self, sample: Sample) -> Drop | None:
+        prompt = json.dumps([m.model_dump() for m in sample.prompt], sort_keys=True)
+        key = hashlib.sha256(f"{prompt}\0{normalize_completion(sample.text)}".encode()).digest()
+        if key in self.seen:
+            return self.drop("exact duplicate of an earlier sample for the same prompt")
+        self.seen.add(key)
+        return None
+
+
+class MaxPerPrompt(Rule):
+    name = "max_per_prompt"
+
+    def __init__(self, k: int):
+        self.k = k
+        self.counts: Counter[str] = Counter()
+
+    def __call__(self, sample: Sample) -> Drop | None:
+        if self.counts[sample.prompt_id] >= self.k:
+            return self.drop(f"prompt already has {self.k} kept samples")
+        self.counts[sample.prompt_id] += 1
+        return None

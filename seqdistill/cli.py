@@ -1,0 +1,264 @@
+"""The `seqdistill` command: thin typer commands that build a config and call `stages.<x>.run(config)`.
+
+Only this module prints. A `SeqdistillError` becomes one red line and exit code 1 (SEQDISTILL_DEBUG=1
+shows the traceback); heavy libraries are imported inside commands so `--help` stays instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from seqdistill import __version__
+from seqdistill.config import load_pipeline, load_stage
+from seqdistill.errors import SeqdistillError
+
+app = typer.Typer(
+    help="Sequence distillation: sample a teacher, keep the good samples, fine-tune a student.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+out = Console()
+
+ConfigOpt = Annotated[
+    str | None, typer.Option("--config", "-c", help="YAML config (stage keys or a pipeline recipe).")
+]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Override a config key: --set sampling.temperature=0.6")
+]
+CheckOpt = Annotated[str | None, typer.Option(help="Answer check: math | numeric | choice | exact | none.")]
+
+
+def _setup_logging() -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=err, show_path=False)], force=True
+    )
+    for noisy in ("httpx", "httpx2", "openai", "datasets", "filelock", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def command(fn):
+    """Run a command with user errors as one red line and exit 1; Ctrl-C aborts with exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        _setup_logging()
+        from seqdistill.stages.generate import Interrupted
+
+        try:
+            fn(*args, **kwargs)
+        except (SeqdistillError, Interrupted) as e:
+            if os.environ.get("SEQDISTILL_DEBUG"):
+                raise
+            err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+            raise typer.Exit(130 if isinstance(e, Interrupted) else 1) from None
+        except KeyboardInterrupt:
+            err.print("[bold red]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _show(title: str, summary: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False)
+    for key, value in summary.items():
+        if not isinstance(value, dict | list):
+            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    out.print(table)
+
+
+def _stopped(summary: dict[str, Any]) -> None:
+    if summary.get("interrupted"):
+        err.print(f"stopped: {summary.get('generated', 0)} new samples kept; run the same command to resume")
+        raise typer.Exit(130)
+
+
+@app.command("generate")
+@command
+def generate_cmd(
+    config: ConfigOpt = None,
+    prompts: Annotated[
+        str | None, typer.Option(help="Prompt source: JSONL, Parquet, dataset dir or hub name.")
+    ] = None,
+    output: Annotated[str | None, typer.Option(help="Samples file (appended to; resumed from).")] = None,
+    backend: Annotated[str | None, typer.Option(help="openai | transformers | vllm.")] = None,
+    model: Annotated[str | None, typer.Option(help="Teacher model (served name, HF dir, bundled:smollm2).")] = None,
+    base_url: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.")
+    ] = None,
+    n: Annotated[int | None, typer.Option(help="Samples per prompt.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N prompts.")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Requests in flight (openai backend).")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Sample the teacher on every prompt; re-running sends only the samples still missing."""
+    from seqdistill.stages import generate
+
+    flags = {
+        "prompts.source": prompts,
+        "output": output,
+        "backend": backend,
+        "model": model,
+        "base_url": base_url,
+        "n": n,
+        "prompts.limit": limit,
+        "concurrency": concurrency,
+    }
+    summary = generate.run(load_stage("generate", config, flags, set_))
+    _show("generate", summary)
+    _stopped(summary)
+
+
+@app.command("filter")
+@command
+def filter_cmd(
+    input: Annotated[str | None, typer.Argument(help="Samples file to filter.")] = None,
+    output: Annotated[str | None, typer.Option(help="Kept samples file (default <input>.kept.jsonl).")] = None,
+    check: CheckOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Keep correct, complete, unique samples; write rejects with reasons and a funnel report."""
+    from seqdistill.stages import filter
+
+    report = filter.run(load_stage("filter", config, {"input": input, "output": output, "check": check}, set_))
+    _show_funnel(report)
+
+
+def _show_funnel(report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"filter: {report['total']} in, {report['kept']} kept")
+    for col in ("rule", "in", "dropped", "kept", "example reason"):
+        table.add_column(col)
+    for row in report["funnel"]:
+        example = row["examples"][0]["reason"] if row["examples"] else ""
+        table.add_row(row["rule"], str(row["in"]), str(row["dropped"]), str(row["kept"]), example[:60])
+    out.print(table)
+    out.print(f"kept -> {report['output']}\nrejected -> {report['rejected']}\nreport -> {report['report']}")
+
+
+@app.command("train")
+@command
+def train_cmd(
+    input: Annotated[str | None, typer.Argument(help="Kept samples file.")] = None,
+    model: Annotated[str | None, typer.Option(help="Student model (HF dir, hub id, bundled:smollm2).")] = None,
+    output: Annotated[str | None, typer.Option(help="Output directory for the trained student.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Fine-tune the student on the kept samples (TRL SFTTrainer, loss on completions only)."""
+    from seqdistill.stages import train
+
+    report = train.run(load_stage("train", config, {"input": input, "model": model, "output": output}, set_))
+    _show("train", report)
+
+
+@app.command("eval")
+@command
+def eval_cmd(
+    prompts: Annotated[str | None, typer.Option(help="Prompts with reference answers.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Local model (transformers) or served name with --base-url.")
+    ] = None,
+    base_url: Annotated[str | None, typer.Option(help="Evaluate a model behind an OpenAI-compatible server.")] = None,
+    check: CheckOpt = None,
+    n: Annotated[int | None, typer.Option(help="Samples per prompt.")] = None,
+    output: Annotated[str | None, typer.Option(help="Per-sample results file (resumable).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Accuracy of a model on prompts with reference answers, checked like the filter checks."""
+    from seqdistill.stages import evaluate
+
+    flags = {
+        "prompts.source": prompts,
+        "model": model,
+        "base_url": base_url,
+        "check": check,
+        "n": n,
+        "output": output,
+        "backend": "openai" if base_url else None,
+    }
+    summary = evaluate.run(load_stage("eval", config, flags, set_))
+    _stopped(summary)
+    _show("eval", summary)
+
+
+@app.command("run")
+@command
+def run_cmd(
+    config: Annotated[str, typer.Option("--config", "-c", help="Pipeline recipe (YAML).")],
+    set_: SetOpt = None,
+) -> None:
+    """The whole pipeline: generate -> filter -> eval teacher/student -> train -> eval student."""
+    from seqdistill.stages import pipeline
+
+    summary = pipeline.run(load_pipeline(config, set_))
+    _stopped(summary["generate"])
+    out.print(summary_table(summary))
+
+
+def summary_table(summary: dict[str, Any]):
+    """The pipeline's one-screen summary: data funnel, training, held-out accuracy before -> after."""
+    from rich.table import Table
+
+    table = Table(title=f"seqdistill run: {summary['run_dir']}", show_header=False)
+    g, f = summary["generate"], summary.get("filter", {})
+    table.add_row("prompts", str(g["prompts"]))
+    table.add_row("samples", f"{g['requested']} ({g['generated']} new, {g['truncated']} truncated)")
+    for row in f.get("funnel", []):
+        table.add_row(f"  dropped: {row['rule']}", str(row["dropped"]))
+    table.add_row("kept", str(f.get("kept")))
+    if t := summary.get("train"):
+        table.add_row("train examples / tokens", f"{t['examples']} / {t['tokens']}")
+        table.add_row("train loss first -> last", f"{_num(t['first_loss'])} -> {_num(t['last_loss'])}")
+        table.add_row("train time", f"{t['seconds']}s ({t['tokens_per_s']} tokens/s)")
+    e = summary.get("eval", {})
+
+    def acc(name: str) -> str:
+        r = e.get(name)
+        return f"{r['accuracy']:.1%} ({r['correct']}/{r['samples']})" if r and r["accuracy"] is not None else "-"
+
+    if e:
+        table.add_row("held-out accuracy: teacher", acc("teacher"))
+        table.add_row("held-out accuracy: student", f"{acc('student_before')} -> {acc('student_after')}")
+    return table
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        out.print(f"seqdistill {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True)] = False,
+) -> None:
+    """seqdistill: sequence distillation, one stage per command."""
+
+
+def main() -> None:
+    app(prog_name="seqdistill")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""Pydantic configs, one per stage, plus the pipeline recipe that chains them.
+
+Precedence: YAML file < CLI flags < `--set key=value` overrides. Unknown keys are errors naming the key.
+A stage command accepts either a file holding that stage's keys or a whole pipeline recipe (it then
+takes the stage's section, with paths derived from `run_dir` as `seqdistill run` would).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from seqdistill.errors import ConfigError
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PromptsConfig(_Config):
+    source: str | None = Field(None, description="JSONL/Parquet file, saved `datasets` dir, or hub dataset name.")
+    split: str = Field("train", description="Split to read from a dataset dir or hub dataset.")
+    question_field: str = Field("question", description="Field with the question text.")
+    answer_field: str = Field("answer", description="Field with the reference answer (optional in the data).")
+    answer_pattern: str | None = Field(
+        r"####\s*(.+?)\s*$", description="Regex whose first group extracts the reference (GSM8K '#### 42')."
+    )
+    id_field: str = Field("id", description="Field with a prompt id; a content hash when absent.")
+    messages_field: str = Field("messages", description="Field with ready chat messages (used when no question).")
+    system_prompt: str | None = Field(None, description="Student's system prompt.")
+    template: str | None = Field(None, description="Student's user template: a .jinja path or inline Jinja.")
+    teacher_system_prompt: str | None = Field(None, description="Teacher's system prompt (default: the student's).")
+    teacher_template: str | None = Field(None, description="Teacher's user template (default: the student's).")
+    teacher_examples: str | None = Field(None, description="JSONL of worked examples shown to the teacher only.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N prompts.")
+
+
+class SamplingConfig(_Config):
+    temperature: float = Field(0.7, ge=0, description="0 means greedy.")
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(512, ge=1, description="Maximum new tokens per sample; longer ones are 'length'.")
+    seed: int | None = Field(None, description="Sampling seed (some servers reject seeds: leave unset there).")
+    stop: list[str] | None = Field(None, description="Stop strings.")
+
+
+class GenerateConfig(_Config):
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
+    output: str = Field("samples.jsonl", description="Samples file; appended to, and resumed from.")
+    backend: str = Field("transformers", description="openai | transformers | vllm.")
+    model: str | None = Field(None, description="Teacher: served model name, HF dir, or bundled:smollm2.")
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible server URL (openai backend).")
+    api_key_env: str | None = Field(
+        None, description="Env var holding the API key (never written anywhere); unset for local servers."
+    )
+    n: int = Field(1, ge=1, description="Samples per prompt.")
+    concurrency: int = Field(32, ge=1, description="Requests in flight at once (openai backend).")
+    timeout: float = Field(600.0, gt=0, description="Seconds per request before it counts as failed.")
+    max_retries: int = Field(2, ge=0, description="Client retries on 429/5xx/connection errors.")
+    batch_size: int = Field(16, ge=1, description="Prompts per forward batch (transformers backend).")
+    dtype: str = Field("float32", description="Weights dtype for in-process backends.")
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM in-process tensor parallelism.")
+    shutdown_timeout: float = Field(30.0, ge=0, description="After a first Ctrl-C, seconds to wait for in-flight.")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="Extra request fields (e.g. top_k).")
+
+
+class FilterConfig(_Config):
+    input: str | None = Field(None, description="Samples file to filter.")
+    output: str | None = Field(None, description="Kept samples (default: <input stem>.kept.jsonl).")
+    check: str = Field("math", description="Answer check: math | numeric | choice | exact | none.")
+    keep_unverifiable: bool = Field(False, description="Keep samples whose answer cannot be verified.")
+    drop_truncated: bool = Field(True, description="Drop samples with finish_reason 'length'.")
+    dedup: bool = Field(True, description="Drop exact duplicate (prompt, normalized completion) pairs.")
+    max_per_prompt: int | None = Field(None, ge=1, description="Keep at most K samples per prompt.")
+
+    def output_path(self) -> Path:
+        if self.output:
+            return Path(self.output)
+        src = Path(self.input or "samples.jsonl")
+        return src.with_name(src.stem + ".kept.jsonl")
+
+
+class TrainConfig(_Config):
+    input: str | None = Field(None, description="Kept samples file.")
+    model: str | None = Field(None, description="Student: HF model dir or bundled:smollm2.")
+    output: str = Field("student", description="Directory for the trained model and its report.")
+    epochs: float = Field(2.0, gt=0)
+    learning_rate: float = Field(5e-5, gt=0)
+    batch_size: int = Field(8, ge=1, description="Per-device batch size.")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_length: int | None = Field(None, ge=8, description="Token limit; default: the longest example.")
+    lr_scheduler_type: str = Field("linear")
+    warmup_ratio: float = Field(0.0, ge=0, le=1)
+    bf16: bool = Field(False, description="bfloat16 mixed precision (set explicitly: TRL turns it on).")
+    gradient_checkpointing: bool = Field(False)
+    seed: int = Field(42)
+    logging_steps: int = Field(5, ge=1)
+    reasoning: Literal["think", "drop"] = Field(
+        "think", description="Render reasoning_content as <think>…</think> before the answer, or drop it."
+    )
+
+
+class EvalConfig(GenerateConfig):
+    output: str = Field("eval.jsonl", description="Per-sample eval results (resumable).")
+    n: int = Field(1, ge=1, description="Samples per prompt; pass@1 is averaged over them.")
+    check: str = Field("math", description="Answer check, as in filter.")
+    prompt: Literal["student", "teacher"] = Field("student", description="Which prompt rendering to send.")
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.0, max_tokens=256))
+
+
+class PipelineConfig(_Config):
+    """A recipe: generate -> filter -> train, with held-out eval of teacher and student before/after."""
+
+    run_dir: str = Field("runs/default", description="Where every stage writes.")
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig | None = Field(None, description="Held-out eval (prompts with references).")
+
+    def resolved(self) -> PipelineConfig:
+        """Fill each stage's paths from run_dir so stage outputs feed the next stage."""
+        d = Path(self.run_dir)
+        cfg = self.model_copy(deep=True)
+        explicit = self.generate.model_fields_set
+        if "output" not in explicit:
+            cfg.generate.output = str(d / "samples.jsonl")
+        cfg.filter.input = cfg.filter.input or cfg.generate.output
+        cfg.filter.output = cfg.filter.output or str(d / "kept.jsonl")
+        cfg.train.input = cfg.train.input or cfg.filter.output
+        if "output" not in self.train.model_fields_set:
+            cfg.train.output = str(d / "student")
+        if cfg.eval is not None and "output" not in self.eval.model_fields_set:
+            cfg.eval.output = str(d / "eval.jsonl")
+        return cfg
+
+
+SECTIONS = ("generate", "filter", "train", "eval")
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """`["a.b=1", "c=x"]` -> {"a.b": 1, "c": "x"}; values are YAML scalars (numbers, true, null, lists)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set sampling.temperature=0.6")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
+
+
+def _put(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {dotted}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def read_yaml(path: str | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config {path}: no such file")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config {path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path}: expected a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def _validate(cls: type[_Config], data: dict[str, Any], origin: str) -> Any:
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            raise ConfigError(f"{origin}: unknown config key '{loc}' (check its spelling; see the README)") from None
+        raise ConfigError(f"{origin}: {loc}: {err['msg']}") from None
+
+
+def load_stage(
+    section: str, path: str | None = None, flags: dict[str, Any] | None = None, sets: list[str] | None = None
+) -> Any:
+    """Build the config of one stage from a file (stage keys or a pipeline recipe), flags and --set overrides."""
+    data = read_yaml(path)
+    origin = f"config {path}" if path else "config"
+    overrides = {k: v for k, v in (flags or {}).items() if v is not None}
+    overrides.update(parse_set(sets or []))
+    is_recipe = section in data and isinstance(data.get(section), dict) or "run_dir" in data
+    if is_recipe:
+        for key, value in overrides.items():
+            _put(data, f"{section}.{key}", value)
+        pipeline = _validate(PipelineConfig, data, origin).resolved()
+        stage = getattr(pipeline, section)
+        if stage is None:
+            raise ConfigError(f"{origin}: no '{section}' section")
+        return stage
+    for key, value in overrides.items():
+        _put(data, key, value)
+    cls = {"generate": GenerateConfig, "filter": FilterConfig, "train": TrainConfig, "eval": EvalConfig}[section]
+    return _validate(cls, data, origin)
+
+
+def load_pipeline(path: str, sets: list[str] | None = None) -> PipelineConfig:
+    data = read_yaml(path)
+    for key, value in parse_set(sets or []).items():
+        _put(data, key, value)
+    return _validate(PipelineConfig, data, f"config {path}").resolved()
+
+
+def api_key(cfg: GenerateConfig) -> str:
+    """The API key from the env var the config names; the key itself is never stored or logged."""
+    if cfg.api_key_env is None:
+        return os.environ.get("OPENAI_API_KEY") or "EMPTY"
+    value = os.environ.get(cfg.api_key_env)
+    if not value:
+        raise ConfigError(
+            f"environment variable {cfg.api_key_env} is not set (named by api_key_env): "
+            f"export {cfg.api_key_env}=<your key>, or unset api_key_env for a local server"
+        )
+    return value

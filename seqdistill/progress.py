@@ -1,0 +1,41 @@
+"""Progress bars on stderr (rich), with a rate column; quiet when SEQDISTILL_NO_PROGRESS is set."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+from rich.text import Text
+
+
+class RateColumn(ProgressColumn):
+    def __init__(self, unit: str):
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task) -> Text:
+        # completed / elapsed: results arrive in bursts (a batch at a time), which fools a windowed estimate
+        elapsed = task.finished_time if task.finished else task.elapsed
+        if not elapsed or not task.completed:
+            return Text(f"-- {self.unit}/s", style="progress.data.speed")
+        return Text(f"{task.completed / elapsed:.2f} {self.unit}/s", style="progress.data.speed")
+
+
+@contextmanager
+def progress_bar(total: int, description: str, unit: str = "samples"):
+    """Yield `advance(k)`; the bar shows done/total, rate and elapsed time."""
+    disabled = bool(os.environ.get("SEQDISTILL_NO_PROGRESS"))
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(unit),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=disabled,
+    )
+    with progress:
+        task = progress.add_task(description, total=total)
+        yield lambda k=1: progress.advance(task, k)

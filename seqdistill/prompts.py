@@ -1,0 +1,153 @@
+"""Prompt sources + Jinja templates -> the student's and the teacher's prompt messages (+ reference answer).
+
+The student's prompt is what the record stores and what the student is trained and evaluated on; the
+teacher's prompt may add a system prompt or worked examples (distilling what the context gives into
+the bare student). Both default to the same rendering.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from seqdistill.config import PromptsConfig
+from seqdistill.errors import ConfigError, DataError
+from seqdistill.io import iter_jsonl, read_table
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PromptItem:
+    id: str
+    messages: list[dict[str, str]]  # the student's prompt
+    teacher_messages: list[dict[str, str]]  # what the teacher is sent
+    reference: str | None
+
+
+def _template(spec: str | None) -> jinja2.Template:
+    """A template is a path to a `.jinja` file or an inline Jinja string; None renders the question as is."""
+    text = "{{ question }}" if spec is None else spec
+    if spec is not None and spec.endswith((".jinja", ".j2")):
+        path = Path(spec)
+        if not path.is_file():
+            raise ConfigError(f"template {spec}: no such file")
+        text = path.read_text(encoding="utf-8")
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
+    try:
+        return env.from_string(text)
+    except jinja2.TemplateSyntaxError as e:
+        raise ConfigError(f"template {spec}: line {e.lineno}: {e.message}") from None
+
+
+def extract_reference(answer: Any, pattern: str | None) -> str | None:
+    """Reference answer from an answer field; `pattern` (first group) pulls it out, e.g. GSM8K's '#### 42'.
+
+    >>> extract_reference("She has 5 + 3 = 8 apples.\\n#### 8", r"####\\s*(.+?)\\s*$")
+    '8'
+    >>> extract_reference(42, None)
+    '42'
+    """
+    if answer is None:
+        return None
+    text = str(answer).strip()
+    if pattern:
+        m = re.search(pattern, text, flags=re.MULTILINE)
+        if m:
+            return m.group(1).strip()
+    return text or None
+
+
+class _Renderer:
+    def __init__(self, system: str | None, template: str | None, examples: str | None, cfg: PromptsConfig):
+        self.system = system
+        self.template = _template(template)
+        self.cfg = cfg
+        self.examples = self._load_examples(examples) if examples else []
+
+    def _load_examples(self, path: str) -> list[dict[str, str]]:
+        """Worked examples as prior user/assistant turns: JSONL lines with the question field and 'completion'."""
+        turns: list[dict[str, str]] = []
+        for lineno, row in iter_jsonl(path):
+            if self.cfg.question_field not in row or "completion" not in row:
+                raise DataError(
+                    f"{path} line {lineno}: worked example needs '{self.cfg.question_field}' and 'completion'"
+                )
+            turns.append({"role": "user", "content": self._user(row, f"{path} line {lineno}")})
+            turns.append({"role": "assistant", "content": str(row["completion"])})
+        return turns
+
+    def _user(self, row: dict[str, Any], where: str) -> str:
+        try:
+            return self.template.render(**row).strip()
+        except jinja2.UndefinedError as e:
+            raise DataError(f"{where}: template needs a field the row lacks ({e.message})") from None
+
+    def render(self, row: dict[str, Any], where: str) -> list[dict[str, str]]:
+        messages = [{"role": "system", "content": self.system}] if self.system else []
+        messages += self.examples
+        if self.cfg.messages_field in row and self.cfg.question_field not in row:
+            given = row[self.cfg.messages_field]
+            if not isinstance(given, list) or not all(isinstance(m, dict) and "role" in m for m in given):
+                raise DataError(f"{where}: field '{self.cfg.messages_field}' must be a list of {{role, content}}")
+            if given and given[0]["role"] == "system" and self.system:
+                given = given[1:]
+            return messages + [{"role": m["role"], "content": str(m.get("content", ""))} for m in given]
+        if self.cfg.question_field not in row:
+            fields = ", ".join(sorted(row)) or "none"
+            raise DataError(
+                f"{where}: no '{self.cfg.question_field}' or '{self.cfg.messages_field}' field (fields: {fields}); "
+                "set prompts.question_field"
+            )
+        return messages + [{"role": "user", "content": self._user(row, where)}]
+
+
+def _prompt_id(row: dict[str, Any], messages: list[dict[str, str]], id_field: str) -> str:
+    if row.get(id_field) not in (None, ""):
+        return str(row[id_field])
+    digest = hashlib.sha256(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    return f"p-{digest[:16]}"
+
+
+def load_prompts(cfg: PromptsConfig) -> Iterator[PromptItem]:
+    """Yield prompts from `cfg.source`, rendered for student and teacher; duplicate ids are skipped once."""
+    if not cfg.source:
+        raise ConfigError("no prompt source: pass --prompts FILE or set prompts.source")
+    student = _Renderer(cfg.system_prompt, cfg.template, None, cfg)
+    teacher_same = cfg.teacher_system_prompt is None and cfg.teacher_template is None and not cfg.teacher_examples
+    teacher = (
+        student
+        if teacher_same
+        else _Renderer(
+            cfg.teacher_system_prompt if cfg.teacher_system_prompt is not None else cfg.system_prompt,
+            cfg.teacher_template if cfg.teacher_template is not None else cfg.template,
+            cfg.teacher_examples,
+            cfg,
+        )
+    )
+    seen: set[str] = set()
+    count = 0
+    for where, row in read_table(cfg.source, cfg.split):
+        if cfg.limit is not None and count >= cfg.limit:
+            break
+        messages = student.render(row, where)
+        pid = _prompt_id(row, messages, cfg.id_field)
+        if pid in seen:
+            log.warning("%s: duplicate prompt id %s skipped", where, pid)
+            continue
+        seen.add(pid)
+        count += 1
+        yield PromptItem(
+            id=pid,
+            messages=messages,
+            teacher_messages=messages if teacher is student else teacher.render(row, where),
+            reference=extract_reference(row.get(cfg.answer_field), cfg.answer_pattern),
+        )

@@ -1,0 +1,49 @@
+"""eval: accuracy of a model on prompts with reference answers, with the filter's answer checkers.
+
+Generation goes through the generate stage (any backend, resumable); scoring reads back exactly the
+samples this config asks for. pass@1 is averaged over the n samples of each prompt.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from seqdistill.checks.answers import check, get_checker
+from seqdistill.config import EvalConfig
+from seqdistill.errors import ConfigError
+from seqdistill.io import read_samples
+from seqdistill.stages import generate
+
+
+def run(cfg: EvalConfig) -> dict[str, Any]:
+    if cfg.check == "none":
+        raise ConfigError("eval needs an answer check: --check math|numeric|choice|exact")
+    get_checker(cfg.check)
+    use_student = cfg.prompt == "student"
+    gen = generate.run(cfg, use_student_prompt=use_student)
+    if gen["interrupted"]:
+        return {"interrupted": True, **gen}
+    prompts, ids = generate.plan(cfg, use_student_prompt=use_student)
+    if not any(p.reference for p in prompts):
+        raise ConfigError(f"{cfg.prompts.source}: no reference answers (set prompts.answer_field)")
+    wanted = set(ids.values())
+    verdicts: Counter[str] = Counter()
+    for sample in read_samples(Path(cfg.output)):
+        if sample.id in wanted:
+            wanted.discard(sample.id)  # count each requested sample once
+            verdict = check(cfg.check, sample.text, sample.reference)
+            verdicts[{True: "correct", False: "wrong", None: "unverifiable"}[verdict.correct]] += 1
+    scored = sum(verdicts.values())
+    return {
+        "model": cfg.model,
+        "prompt": cfg.prompt,
+        "prompts": len(prompts),
+        "samples": scored,
+        "correct": verdicts["correct"],
+        "wrong": verdicts["wrong"],
+        "unverifiable": verdicts["unverifiable"],
+        "accuracy": verdicts["correct"] / scored if scored else None,
+        "output": cfg.output,
+    }
