@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from seqdistill import __version__
 from seqdistill.config import load_pipeline, load_stage
@@ -61,7 +62,7 @@ def command(fn):
         except (SeqdistillError, Interrupted) as e:
             if os.environ.get("SEQDISTILL_DEBUG"):
                 raise
-            err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(130 if isinstance(e, Interrupted) else 1) from None
         except KeyboardInterrupt:
             err.print("[bold red]interrupted[/]")
@@ -76,7 +77,7 @@ def _show(title: str, summary: dict[str, Any]) -> None:
     table = Table(title=title, show_header=False)
     for key, value in summary.items():
         if not isinstance(value, dict | list):
-            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+            table.add_row(key, escape(f"{value:.4g}" if isinstance(value, float) else str(value)))
     out.print(table)
 
 
@@ -146,7 +147,7 @@ def _show_funnel(report: dict[str, Any]) -> None:
         table.add_column(col)
     for row in report["funnel"]:
         example = row["examples"][0]["reason"] if row["examples"] else ""
-        table.add_row(row["rule"], str(row["in"]), str(row["dropped"]), str(row["kept"]), example[:60])
+        table.add_row(row["rule"], str(row["in"]), str(row["dropped"]), str(row["kept"]), escape(example[:60]))
     out.print(table)
     out.print(f"kept -> {report['output']}\nrejected -> {report['rejected']}\nreport -> {report['report']}")
 

@@ -8,6 +8,7 @@ takes the stage's section, with paths derived from `run_dir` as `seqdistill run`
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,7 +61,7 @@ class GenerateConfig(_Config):
     concurrency: int = Field(32, ge=1, description="Requests in flight at once (openai backend).")
     timeout: float = Field(600.0, gt=0, description="Seconds per request before it counts as failed.")
     max_retries: int = Field(2, ge=0, description="Client retries on 429/5xx/connection errors.")
-    batch_size: int = Field(16, ge=1, description="Prompts per forward batch (transformers backend).")
+    batch_size: int = Field(16, ge=1, description="Samples per forward batch (transformers backend).")
     dtype: str = Field("float32", description="Weights dtype for in-process backends.")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM in-process tensor parallelism.")
     shutdown_timeout: float = Field(30.0, ge=0, description="After a first Ctrl-C, seconds to wait for in-flight.")
@@ -206,7 +207,8 @@ def load_stage(
     origin = f"config {path}" if path else "config"
     overrides = {k: v for k, v in (flags or {}).items() if v is not None}
     overrides.update(parse_set(sets or []))
-    is_recipe = section in data and isinstance(data.get(section), dict) or "run_dir" in data
+    # a recipe may omit this stage's section (defaults) and run_dir: any section key marks it as a recipe
+    is_recipe = "run_dir" in data or any(key in data for key in SECTIONS)
     if is_recipe:
         for key, value in overrides.items():
             _put(data, f"{section}.{key}", value)
@@ -232,6 +234,9 @@ def api_key(cfg: GenerateConfig) -> str:
     """The API key from the env var the config names; the key itself is never stored or logged."""
     if cfg.api_key_env is None:
         return os.environ.get("OPENAI_API_KEY") or "EMPTY"
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", cfg.api_key_env):
+        # most likely the key itself pasted in: never echo it
+        raise ConfigError("api_key_env must be the NAME of an environment variable holding the key, not the key")
     value = os.environ.get(cfg.api_key_env)
     if not value:
         raise ConfigError(

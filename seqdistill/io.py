@@ -19,6 +19,9 @@ from seqdistill.errors import DataError
 from seqdistill.records import Sample
 
 log = logging.getLogger(__name__)
+# mkstemp creates 0600 files; finished outputs get the usual mode (read once: os.umask can only be read by setting it)
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def describe_validation_error(err: ValidationError) -> str:
@@ -137,6 +140,9 @@ class AtomicWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, self._tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        # keep a replaced file's mode; a new file gets 0666 & ~umask like open() would give it
+        mode = self.path.stat().st_mode & 0o777 if self.path.exists() else 0o666 & ~_UMASK
+        os.chmod(self._tmp, mode)
         self._f = os.fdopen(fd, "w", encoding="utf-8")
         self.count = 0
 
@@ -184,7 +190,10 @@ def read_table(source: str, split: str = "train") -> Iterator[tuple[str, dict[st
         return
     if path.suffix == ".parquet":
         _require_file(path)
-        ds = _datasets().load_dataset("parquet", data_files=str(path), split="train")
+        try:
+            ds = _datasets().load_dataset("parquet", data_files=str(path), split="train")
+        except Exception as e:  # pyarrow raises ArrowInvalid etc. on a corrupt or non-Parquet file
+            raise DataError(f"{path}: cannot read Parquet ({type(e).__name__}: {_first_line(e)})") from None
     elif path.is_dir():
         ds = _load_saved(path, split)
     elif path.suffix or "/" not in source or source.startswith((".", "/")):
@@ -204,8 +213,15 @@ def _datasets():
     return datasets
 
 
+def _first_line(e: Exception) -> str:
+    return (str(e).splitlines() or [""])[0][:200]
+
+
 def _load_saved(path: Path, split: str):
-    ds = _datasets().load_from_disk(str(path))
+    try:
+        ds = _datasets().load_from_disk(str(path))
+    except FileNotFoundError:  # a directory that is not a saved Dataset / DatasetDict
+        raise DataError(f"{path}: not a saved dataset dir (expected one written by save_to_disk)") from None
     if isinstance(ds, _datasets().DatasetDict):
         if split not in ds:
             raise DataError(f"{path}: no split {split!r} (has: {', '.join(ds)})")

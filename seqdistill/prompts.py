@@ -86,8 +86,10 @@ class _Renderer:
         return turns
 
     def _user(self, row: dict[str, Any], where: str) -> str:
+        # `question` is always the configured question field, so the default template works with any field name
+        fields = {**row, "question": row[self.cfg.question_field]}
         try:
-            return self.template.render(**row).strip()
+            return self.template.render(fields).strip()  # a dict, so a field may be named `self`
         except jinja2.UndefinedError as e:
             raise DataError(f"{where}: template needs a field the row lacks ({e.message})") from None
 
@@ -136,8 +138,6 @@ def load_prompts(cfg: PromptsConfig) -> Iterator[PromptItem]:
     seen: set[str] = set()
     count = 0
     for where, row in read_table(cfg.source, cfg.split):
-        if cfg.limit is not None and count >= cfg.limit:
-            break
         messages = student.render(row, where)
         pid = _prompt_id(row, messages, cfg.id_field)
         if pid in seen:
@@ -151,3 +151,5 @@ def load_prompts(cfg: PromptsConfig) -> Iterator[PromptItem]:
             teacher_messages=messages if teacher is student else teacher.render(row, where),
             reference=extract_reference(row.get(cfg.answer_field), cfg.answer_pattern),
         )
+        if cfg.limit is not None and count >= cfg.limit:
+            break  # stop before reading a row past the limit

@@ -90,6 +90,8 @@ class OpenAIBackend(Backend):
                         results.put(result)
                 except BackendError as e:
                     fatal.append(e)
+                except Exception as e:  # a malformed answer: count it (gather would drop it silently)
+                    self._failed("bad_response", req, f"{type(e).__name__}: {e}")
 
         async def watch_abort(tasks: list[asyncio.Task]) -> None:
             while not abort.is_set() and not fatal:

@@ -47,6 +47,9 @@ def run(cfg: FilterConfig) -> dict[str, Any]:
     if output.resolve() == Path(cfg.input).resolve():
         raise ConfigError(f"--output {output} is the input file: choose another name")
     rejected_path, report_path = side_paths(output)
+    for side in (rejected_path, report_path):  # the side files must not overwrite the input either
+        if side.resolve() == Path(cfg.input).resolve():
+            raise ConfigError(f"--output {output} would write {side}, the input file: choose another name")
     rules = build_rules(cfg)
     dropped: Counter[str] = Counter()
     examples: dict[str, list[dict[str, str]]] = {}

