@@ -1,0 +1,269 @@
+"""A real OpenAI-compatible HTTP server for tests: stdlib `ThreadingHTTPServer` on 127.0.0.1, ephemeral port.
+
+    with FakeOpenAIServer(models=["teacher"], api_key="sk-test") as server:
+        server.base_url   # http://127.0.0.1:PORT/v1
+        server.chat_requests()  # what the client sent, in arrival order
+
+Answers are deterministic from the last user message: "What is A + B?" gets
+"Sample I: A + B = S. The answer is \\boxed{S}." for choice index I, so tests can check them.
+Tokens are whitespace-separated words; an answer longer than `max_tokens` words is cut there with
+finish_reason "length" (`long_answers=True` makes every answer long).
+
+Behaviours are attributes, changeable while the server runs: `api_key` (401 on a different bearer
+token), `delay` (seconds before each answer), `fail_first` (the first K chat requests get 500),
+`garbage_first` (the next K get a 200 HTML page, as from a misconfigured proxy),
+`models` (404 "model not found" for other names), `reasoning_field` ("reasoning_content" or
+"reasoning": send a reasoning trace under that name).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+_QUESTION = re.compile(r"What is (-?\d+) \+ (-?\d+)\?")
+_LONG_PREAMBLE = "Let me think about this very carefully, one step at a time. " * 20
+
+
+class FakeOpenAIServer:
+    """An OpenAI chat-completions server in a daemon thread; a context manager that starts and stops it."""
+
+    def __init__(
+        self,
+        models: list[str] | tuple[str, ...] = ("teacher",),
+        api_key: str | None = None,
+        delay: float = 0.0,
+        fail_first: int = 0,
+        garbage_first: int = 0,
+        reasoning_field: str | None = None,
+        long_answers: bool = False,
+    ):
+        self.models = list(models)
+        self.api_key = api_key
+        self.delay = delay
+        self.fail_first = fail_first
+        self.garbage_first = garbage_first
+        self.reasoning_field = reasoning_field
+        self.long_answers = long_answers
+        self._lock = threading.Lock()
+        self._log: list[dict[str, Any]] = []
+        self._chat_count = 0
+        self._closing = threading.Event()
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+
+    def start(self) -> FakeOpenAIServer:
+        handler = type("Handler", (_Handler,), {"fake": self})
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.05,), daemon=True, name="fake-openai-server"
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._closing.set()  # wakes handlers sleeping in `delay`
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> FakeOpenAIServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._httpd is not None, "server not started"
+        return self._httpd.server_address[1]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    # --- request log -----------------------------------------------------------------------------------
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Every request so far (snapshot): method, path, headers, body, status, received/answered times.
+
+        `received` and `answered` are `time.monotonic()` values; `answered` is None until the whole
+        response was written (a request the client gave up on stays None).
+        """
+        with self._lock:
+            return [dict(entry) for entry in self._log]
+
+    def chat_requests(self) -> list[dict[str, Any]]:
+        return [r for r in self.requests() if r["method"] == "POST" and r["path"] == "/v1/chat/completions"]
+
+    def clear_log(self) -> None:
+        with self._lock:
+            self._log.clear()
+
+    def _record(self, entry: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            self._log.append(entry)
+            if entry["path"] == "/v1/chat/completions":
+                self._chat_count += 1
+                entry["chat_number"] = self._chat_count
+        return entry
+
+    def _update(self, entry: dict[str, Any], **fields: Any) -> None:
+        with self._lock:
+            entry.update(fields)
+
+    # --- answers ---------------------------------------------------------------------------------------
+
+    def completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The chat-completions response to a (valid, authorized) request body."""
+        messages = body.get("messages") or []
+        n = int(body.get("n") or 1)
+        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+        question = next((str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), "")
+        choices = []
+        completion_tokens = 0
+        for i in range(n):
+            text = answer_text(question, i)
+            if self.long_answers:
+                text = _LONG_PREAMBLE + text
+            words = text.split()
+            finish_reason = "stop"
+            if max_tokens is not None and len(words) > int(max_tokens):
+                words = words[: int(max_tokens)]
+                text = " ".join(words)
+                finish_reason = "length"
+            completion_tokens += len(words)
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if self.reasoning_field:
+                message[self.reasoning_field] = reasoning_text(question, i)
+            choices.append({"index": i, "message": message, "finish_reason": finish_reason, "logprobs": None})
+        prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model"),
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+
+
+def answer_text(question: str, index: int) -> str:
+    """The (untruncated, short-mode) content the server answers for choice `index` of `question`."""
+    m = _QUESTION.search(question)
+    if m:
+        a, b = int(m.group(1)), int(m.group(2))
+        return f"Sample {index}: {a} + {b} = {a + b}. The answer is \\boxed{{{a + b}}}."
+    return f"Sample {index}: you said {question[:60]!r}."
+
+
+def reasoning_text(question: str, index: int) -> str:
+    m = _QUESTION.search(question)
+    what = f"{m.group(1)} plus {m.group(2)}" if m else "the question"
+    return f"Reasoning {index}: I need {what}."
+
+
+def error_body(message: str, type_: str, code: Any) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": None, "code": code}}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    fake: FakeOpenAIServer  # set on the per-server subclass
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def _entry(self, body: Any) -> dict[str, Any]:
+        return self.fake._record(
+            {
+                "method": self.command,
+                "path": self.path,
+                "headers": {k.lower(): v for k, v in self.headers.items()},
+                "body": body,
+                "status": None,
+                "received": time.monotonic(),
+                "answered": None,
+            }
+        )
+
+    def _send(self, entry: dict[str, Any], status: int, payload: Any, content_type: str = "application/json") -> None:
+        data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+        self.fake._update(entry, status=status)
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            self.wfile.flush()
+        except OSError:  # the client went away (aborted run): nothing was delivered
+            self.close_connection = True
+            return
+        self.fake._update(entry, answered=time.monotonic())
+
+    def _authorized(self, entry: dict[str, Any]) -> bool:
+        expected = self.fake.api_key
+        if expected is None or self.headers.get("Authorization") == f"Bearer {expected}":
+            return True
+        self._send(
+            entry,
+            401,
+            error_body("Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
+        )
+        return False
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        entry = self._entry(None)
+        if not self._authorized(entry):
+            return
+        if self.path.rstrip("/") == "/v1/models":
+            data = [{"id": m, "object": "model", "created": 0, "owned_by": "fake"} for m in self.fake.models]
+            self._send(entry, 200, {"object": "list", "data": data})
+        else:
+            self._send(entry, 404, error_body(f"no route {self.path}", "not_found_error", 404))
+
+    def do_POST(self) -> None:  # noqa: N802
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw or b"null")
+        except json.JSONDecodeError:
+            body = None
+        entry = self._entry(body)
+        fake = self.fake
+        if fake.delay > 0:
+            fake._closing.wait(fake.delay)
+        if not self._authorized(entry):
+            return
+        if self.path != "/v1/chat/completions":
+            self._send(entry, 404, error_body(f"no route {self.path}", "not_found_error", 404))
+            return
+        if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+            self._send(entry, 400, error_body("body must be JSON with 'messages'", "BadRequestError", 400))
+            return
+        if entry["chat_number"] <= fake.fail_first:
+            self._send(entry, 500, error_body("simulated server failure", "InternalServerError", 500))
+            return
+        if entry["chat_number"] <= fake.fail_first + fake.garbage_first:
+            self._send(entry, 200, "<html><body>Welcome to the proxy</body></html>", "text/html")
+            return
+        if body.get("model") not in fake.models:
+            message = f"The model `{body.get('model')}` does not exist."
+            self._send(entry, 404, error_body(message, "NotFoundError", 404))
+            return
+        self._send(entry, 200, fake.completion(body))
