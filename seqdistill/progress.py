@@ -24,8 +24,8 @@ class RateColumn(ProgressColumn):
 
 
 @contextmanager
-def progress_bar(total: int, description: str, unit: str = "samples"):
-    """Yield `advance(k)`; the bar shows done/total, rate and elapsed time."""
+def progress_bar(total: int | None, description: str, unit: str = "samples"):
+    """Yield `advance(k)`; the bar shows done/total (total None: a count), rate and elapsed time."""
     disabled = bool(os.environ.get("SEQDISTILL_NO_PROGRESS"))
     progress = Progress(
         TextColumn("[bold]{task.description}"),

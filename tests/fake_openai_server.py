@@ -42,6 +42,7 @@ class FakeOpenAIServer:
         garbage_first: int = 0,
         reasoning_field: str | None = None,
         long_answers: bool = False,
+        max_n: int | None = None,
     ):
         self.models = list(models)
         self.api_key = api_key
@@ -50,6 +51,7 @@ class FakeOpenAIServer:
         self.garbage_first = garbage_first
         self.reasoning_field = reasoning_field
         self.long_answers = long_answers
+        self.max_n = max_n  # a server that ignores `n` beyond this (returns fewer choices)
         self._lock = threading.Lock()
         self._log: list[dict[str, Any]] = []
         self._chat_count = 0
@@ -128,6 +130,8 @@ class FakeOpenAIServer:
         """The chat-completions response to a (valid, authorized) request body."""
         messages = body.get("messages") or []
         n = int(body.get("n") or 1)
+        if self.max_n is not None:
+            n = min(n, self.max_n)
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
         question = next((str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), "")
         choices = []

@@ -349,6 +349,23 @@ def test_malformed_answer_is_a_counted_failure_not_a_silent_gap(tmp_path, server
     assert keys(samples(output)) == Counter({(f"q{i}", 0): 1 for i in range(3)})
 
 
+def test_fewer_choices_than_n_is_a_failure_and_the_rest_is_asked_again(tmp_path, server):
+    server.max_n = 1  # ignores n
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", prompt_rows(0, 2))
+    output = tmp_path / "samples.jsonl"
+
+    result = cli(server.base_url, prompts, output, 2)
+
+    assert_exit(result, 1)
+    assert "short_response: 2" in result.stderr
+    assert keys(samples(output)) == Counter({("q0", 0): 1, ("q1", 0): 1})
+    server.max_n = None
+    server.clear_log()
+    assert_exit(cli(server.base_url, prompts, output, 2), 0)
+    assert all(r["body"].get("n", 1) == 1 for r in server.chat_requests()) and len(server.chat_requests()) == 2
+    assert keys(samples(output)) == Counter({(f"q{i}", j): 1 for i in range(2) for j in range(2)})
+
+
 def test_client_retries_5xx_within_a_run(tmp_path, server):
     server.fail_first = 1
     prompts = write_jsonl(tmp_path / "prompts.jsonl", prompt_rows(0, 1))
@@ -496,3 +513,49 @@ def test_ctrl_c_twice_aborts_at_once_leaving_whole_lines(tmp_path, server):
 
     assert proc.returncode == 0, stderr
     assert keys(samples(output)) == Counter({(f"q{i}", 0): 1 for i in range(40)})
+
+
+# --- eval against a served model ----------------------------------------------------------------------
+
+
+def test_eval_against_a_server_scores_with_the_checker(tmp_path, server):
+    from seqdistill.config import load_stage
+    from seqdistill.stages import evaluate
+
+    rows = prompt_rows(0, 4)
+    rows[3]["answer"] = "999"  # the server answers the true sum: this one is wrong
+    prompts = write_jsonl(tmp_path / "heldout.jsonl", rows)
+    out = tmp_path / "eval.jsonl"
+    flags = {
+        "backend": "openai",
+        "base_url": server.base_url,
+        "model": MODEL,
+        "prompts.source": str(prompts),
+        "check": "math",
+        "n": 2,
+        "output": str(out),
+    }
+    summary = evaluate.run(load_stage("eval", None, flags))
+    assert (summary["samples"], summary["correct"], summary["wrong"], summary["accuracy"]) == (8, 6, 2, 0.75)
+    assert len(read_jsonl(out)) == 8
+    assert all(r["body"]["temperature"] == 0 for r in server.chat_requests())  # eval is greedy by default
+    server.clear_log()
+    args = [
+        "eval",
+        "--base-url",
+        server.base_url,
+        "--model",
+        MODEL,
+        "--prompts",
+        str(prompts),
+        "--check",
+        "math",
+        "--n",
+        "2",
+        "--output",
+        str(out),
+    ]
+    result = CliRunner().invoke(app, args)
+    assert_exit(result, 0)
+    assert server.chat_requests() == []  # already evaluated: resumed, nothing re-sent
+    assert "0.75" in result.stdout

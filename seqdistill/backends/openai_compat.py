@@ -141,8 +141,8 @@ class OpenAIBackend(Backend):
 
     def _results(self, resp: Any, req: Request) -> list[Result]:
         choices = sorted(resp.choices or [], key=lambda c: c.index)
-        if len(choices) != req.n:
-            log.warning("prompt %s: asked for %d samples, server returned %d", req.prompt_id, req.n, len(choices))
+        if len(choices) < req.n:  # e.g. a server that ignores `n`: the missing ones are retried next run
+            self._failed("short_response", req, f"asked for {req.n} samples, server returned {len(choices)}")
         usage = resp.usage
         out = []
         for choice, sample_index in zip(choices, req.sample_indices, strict=False):
@@ -165,7 +165,7 @@ class OpenAIBackend(Backend):
 
     def _on_status_error(self, e: openai.APIStatusError, req: Request) -> None:
         code = e.status_code
-        detail = _server_message(e)
+        detail = _server_message(e).replace(self._key, "***")  # some servers echo the key they got
         if code in (401, 403):
             where = (
                 f"the key in ${self.cfg.api_key_env}" if self.cfg.api_key_env else "no API key (api_key_env is unset)"

@@ -55,7 +55,7 @@ def run(cfg: FilterConfig) -> dict[str, Any]:
     examples: dict[str, list[dict[str, str]]] = {}
     total = 0
     with AtomicWriter(output) as kept, AtomicWriter(rejected_path) as rejected:
-        with progress_bar(0, "filter") as advance:
+        with progress_bar(None, "filter") as advance:
             for sample in read_samples(cfg.input):
                 total += 1
                 advance()
