@@ -184,7 +184,7 @@ def test_kept_file_loads_with_datasets(samples, tmp_path, monkeypatch):
 
 
 def test_output_equal_to_input_is_an_error(samples):
-    with pytest.raises(ConfigError, match="is the input file"):
+    with pytest.raises(ConfigError, match="would overwrite the input file"):
         _run(samples, samples)
 
 
@@ -273,7 +273,7 @@ def test_cli_output_equal_to_input(samples):
     before = samples.read_bytes()
     result = runner.invoke(app, ["filter", str(samples), "--output", str(samples)])
     assert result.exit_code == 1
-    assert "is the input file" in result.stderr
+    assert "would overwrite the input file" in result.stderr
     assert samples.read_bytes() == before
 
 

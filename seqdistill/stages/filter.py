@@ -44,12 +44,10 @@ def run(cfg: FilterConfig) -> dict[str, Any]:
     if not cfg.input:
         raise ConfigError("filter needs an input file: seqdistill filter SAMPLES.jsonl")
     output = cfg.output_path()
-    if output.resolve() == Path(cfg.input).resolve():
-        raise ConfigError(f"--output {output} is the input file: choose another name")
     rejected_path, report_path = side_paths(output)
-    for side in (rejected_path, report_path):  # the side files must not overwrite the input either
-        if side.resolve() == Path(cfg.input).resolve():
-            raise ConfigError(f"--output {output} would write {side}, the input file: choose another name")
+    for written in (output, rejected_path, report_path):  # none of the outputs may overwrite the input
+        if written.resolve() == Path(cfg.input).resolve():
+            raise ConfigError(f"--output {output} would overwrite the input file {cfg.input}: choose another name")
     rules = build_rules(cfg)
     dropped: Counter[str] = Counter()
     examples: dict[str, list[dict[str, str]]] = {}
