@@ -23,6 +23,8 @@ class TransformersBackend(Backend):
 
         self._torch = torch
         self.model, self.tokenizer = load_model(cfg.model, cfg.dtype)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model.to(self.device)
         if cfg.sampling.seed is not None:
             torch.manual_seed(cfg.sampling.seed)
 
@@ -45,7 +47,7 @@ class TransformersBackend(Backend):
 
     def _generate_batch(self, batch: list[tuple[Request, int]], texts: list[str]) -> list[Result]:
         torch, tok, s = self._torch, self.tokenizer, self.cfg.sampling
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         kwargs = {"max_new_tokens": s.max_tokens, "pad_token_id": tok.pad_token_id}
         if s.temperature > 0:
             kwargs.update(do_sample=True, temperature=s.temperature, top_p=s.top_p)

@@ -21,9 +21,9 @@ class VLLMBackend(Backend):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.llm = vllm.LLM(
-            model=resolve_model(cfg.model), tensor_parallel_size=cfg.tensor_parallel_size, dtype=cfg.dtype
-        )
+        # the float32 default suits CPU generation; on a GPU let vLLM pick unless dtype was set explicitly
+        dtype = cfg.dtype if "dtype" in cfg.model_fields_set else "auto"
+        self.llm = vllm.LLM(model=resolve_model(cfg.model), tensor_parallel_size=cfg.tensor_parallel_size, dtype=dtype)
 
     def generate(self, requests: list[Request], stop: threading.Event) -> Iterator[Result]:
         s = self.cfg.sampling
