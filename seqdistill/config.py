@@ -25,6 +25,7 @@ class _Config(BaseModel):
 class PromptsConfig(_Config):
     source: str | None = Field(None, description="JSONL/Parquet file, saved `datasets` dir, or hub dataset name.")
     split: str = Field("train", description="Split to read from a dataset dir or hub dataset.")
+    subset: str | None = Field(None, description="Hub dataset config name (e.g. 'main' for openai/gsm8k).")
     question_field: str = Field("question", description="Field with the question text.")
     answer_field: str = Field("answer", description="Field with the reference answer (optional in the data).")
     answer_pattern: str | None = Field(

@@ -178,7 +178,7 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_atomic(path, [json.dumps(obj, indent=2, ensure_ascii=False, default=str)])
 
 
-def read_table(source: str, split: str = "train") -> Iterator[tuple[str, dict[str, Any]]]:
+def read_table(source: str, split: str = "train", subset: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
     """Rows of a prompt source as (location, row): JSONL, Parquet, a saved `datasets` dir, or a hub name.
 
     `location` is 'file line N' / 'file row N' so errors can point at the row.
@@ -201,7 +201,7 @@ def read_table(source: str, split: str = "train") -> Iterator[tuple[str, dict[st
             f"{source}: no such file (expected .jsonl, .parquet, a saved dataset dir or a hub dataset name)"
         )
     else:
-        ds = _load_hub(source, split)
+        ds = _load_hub(source, split, subset)
     for i, row in enumerate(ds):
         yield f"{source} row {i}", row
 
@@ -229,9 +229,9 @@ def _load_saved(path: Path, split: str):
     return ds
 
 
-def _load_hub(name: str, split: str):
+def _load_hub(name: str, split: str, subset: str | None):
     try:
-        return _datasets().load_dataset(name, split=split)
+        return _datasets().load_dataset(name, subset, split=split)
     except Exception as e:  # the hub raises many types: offline, missing repo, missing split
         raise DataError(
             f"{name}: cannot load hub dataset ({type(e).__name__}: {str(e).splitlines()[0][:200]})"

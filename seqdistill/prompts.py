@@ -137,7 +137,7 @@ def load_prompts(cfg: PromptsConfig) -> Iterator[PromptItem]:
     )
     seen: set[str] = set()
     count = 0
-    for where, row in read_table(cfg.source, cfg.split):
+    for where, row in read_table(cfg.source, cfg.split, cfg.subset):
         messages = student.render(row, where)
         pid = _prompt_id(row, messages, cfg.id_field)
         if pid in seen:

