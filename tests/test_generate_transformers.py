@@ -60,3 +60,53 @@ def test_greedy_is_deterministic(tiny_model, tmp_path):
     (tmp_path / "samples.jsonl").unlink()
     generate.run(cfg)
     assert [r["completion"][0]["content"] for r in read_jsonl(tmp_path / "samples.jsonl")] == first
+
+
+def test_ctrl_c_finishes_the_batch_in_progress_then_resume_completes(tiny_model, tmp_path):
+    """SIGINT to an in-process run: the current batch is written, no partial line, exit 130; a rerun completes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from collections import Counter
+
+    prompts = write_jsonl(
+        tmp_path / "p.jsonl",
+        [{"id": f"q{i}", "question": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(120)],
+    )
+    out = tmp_path / "samples.jsonl"
+    cmd = [
+        sys.executable,
+        "-m",
+        "seqdistill",
+        "generate",
+        "--backend",
+        "transformers",
+        "--model",
+        tiny_model,
+        "--prompts",
+        str(prompts),
+        "--output",
+        str(out),
+        "--set",
+        "batch_size=4",
+        "--set",
+        "sampling.max_tokens=16",
+    ]
+    env = {**os.environ, "SEQDISTILL_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 8):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Ctrl-C" in stderr and "Traceback" not in stderr
+    text = out.read_text()
+    written = text.count("\n")
+    assert text.endswith("\n") and 8 <= written < 120 and written % 4 == 0  # whole batches only
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    rows = read_jsonl(out)
+    assert Counter(r["prompt_id"] for r in rows) == Counter({f"q{i}": 1 for i in range(120)})
