@@ -2,7 +2,7 @@
 
 The official async client runs on an event loop in a worker thread; results cross to the caller
 through a queue so the stage can write each one the moment it arrives. Concurrency is bounded by
-a semaphore. Failures the user must fix (401/403, unknown model, unreachable server) stop the run;
+a fixed pool of worker coroutines. Failures the user must fix (401/403, unknown model, unreachable server) stop the run;
 per-request failures (timeouts, 5xx/429 after the client's retries, 400 for one prompt) are counted
 and left missing, so the next run retries only those.
 """
@@ -78,11 +78,11 @@ class OpenAIBackend(Backend):
         client = openai.AsyncOpenAI(
             base_url=self.cfg.base_url, api_key=self._key, timeout=self.cfg.timeout, max_retries=self.cfg.max_retries
         )
-        sem = asyncio.Semaphore(self.cfg.concurrency)
         fatal: list[BaseException] = []
+        pending = iter(requests)  # shared by the workers: at most `concurrency` requests exist at once
 
-        async def one(req: Request) -> None:
-            async with sem:
+        async def worker() -> None:
+            for req in pending:
                 if stop.is_set() or abort.is_set() or fatal:
                     return
                 try:
@@ -100,9 +100,9 @@ class OpenAIBackend(Backend):
                 t.cancel()
 
         try:
-            tasks = [asyncio.create_task(one(r)) for r in requests]
-            watcher = asyncio.create_task(watch_abort(tasks))
-            await asyncio.gather(*tasks, return_exceptions=True)
+            workers = [asyncio.create_task(worker()) for _ in range(min(self.cfg.concurrency, len(requests)))]
+            watcher = asyncio.create_task(watch_abort(workers))
+            await asyncio.gather(*workers, return_exceptions=True)
             watcher.cancel()
         finally:
             await client.close()
