@@ -1,10 +1,10 @@
 """Backend for any OpenAI-compatible chat server (vllm serve, SGLang, llama.cpp, hosted APIs).
 
 The official async client runs on an event loop in a worker thread; results cross to the caller
-through a queue so the stage can write each one the moment it arrives. Concurrency is bounded by
-a fixed pool of worker coroutines. Failures the user must fix (401/403, unknown model, unreachable server) stop the run;
-per-request failures (timeouts, 5xx/429 after the client's retries, 400 for one prompt) are counted
-and left missing, so the next run retries only those.
+through a queue so the stage can write each one the moment it arrives. Concurrency is a fixed pool
+of worker coroutines. Failures the user must fix (401/403, unknown model, unreachable server) stop
+the run; per-request failures (timeouts, 5xx/429 after the client's retries, 400 for one prompt) are
+counted and left missing, so the next run retries only those.
 """
 
 from __future__ import annotations
