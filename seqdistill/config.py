@@ -65,6 +65,9 @@ class GenerateConfig(_Config):
     batch_size: int = Field(16, ge=1, description="Samples per forward batch (transformers backend).")
     dtype: str = Field("float32", description="Weights dtype for in-process backends.")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM in-process tensor parallelism.")
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict, description="Extra vllm.LLM arguments (e.g. max_model_len, gpu_memory_utilization)."
+    )
     shutdown_timeout: float = Field(30.0, ge=0, description="After a first Ctrl-C, seconds to wait for in-flight.")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     extra_body: dict[str, Any] = Field(default_factory=dict, description="Extra request fields (e.g. top_k).")

@@ -23,7 +23,12 @@ class VLLMBackend(Backend):
         super().__init__(cfg)
         # the float32 default suits CPU generation; on a GPU let vLLM pick unless dtype was set explicitly
         dtype = cfg.dtype if "dtype" in cfg.model_fields_set else "auto"
-        self.llm = vllm.LLM(model=resolve_model(cfg.model), tensor_parallel_size=cfg.tensor_parallel_size, dtype=dtype)
+        self.llm = vllm.LLM(
+            model=resolve_model(cfg.model),
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            dtype=dtype,
+            **{"seed": cfg.sampling.seed or 0, **cfg.engine_args},
+        )
 
     def generate(self, requests: list[Request], stop: threading.Event) -> Iterator[Result]:
         s = self.cfg.sampling

@@ -29,35 +29,15 @@ from seqdistill.checks.answers import check
 from seqdistill.cli import app
 from seqdistill.records import Sample
 from tests.conftest import read_jsonl, write_jsonl
+from tests.integration.vllm_env import SKIP_REASON, VLLM_PYTHON
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "prompts" / "arithmetic" / "question.jinja"
 SERVED = "smollm2"
-ENV_VAR = "SEQDISTILL_VLLM_PYTHON"
 START_TIMEOUT = 300.0
 N = 2
 QUESTIONS = [(2, 3), (4, 4), (7, 1), (12, 5), (20, 22), (9, 6)]
 
-
-def _vllm_python() -> tuple[str | None, str]:
-    """(the python to run the server with, or None; why not)."""
-    python = os.environ.get(ENV_VAR)
-    if not python:
-        return None, f"needs a real vLLM server: run `make test-vllm` (or set {ENV_VAR} to a python with vllm)"
-    try:
-        found = subprocess.run(
-            [python, "-c", "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"],
-            capture_output=True,
-            timeout=60,
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return None, f"{ENV_VAR}={python} cannot run ({e}): run `make test-vllm` to build .venv-vllm"
-    if found.returncode != 0:
-        return None, f"{ENV_VAR}={python} cannot import vllm: run `make test-vllm` to build .venv-vllm"
-    return python, ""
-
-
-VLLM_PYTHON, SKIP_REASON = _vllm_python()
 
 pytestmark = [
     pytest.mark.integration,

