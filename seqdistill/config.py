@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from seqdistill.errors import ConfigError
 
@@ -54,14 +54,33 @@ class GenerateConfig(_Config):
     output: str = Field("samples.jsonl", description="Samples file; appended to, and resumed from.")
     backend: str = Field("transformers", description="openai | transformers | vllm.")
     model: str | None = Field(None, description="Teacher: served model name, HF dir, or bundled:smollm2.")
-    base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible server URL (openai backend).")
+    base_url: str | list[str] = Field(
+        "http://127.0.0.1:8000/v1",
+        description="OpenAI-compatible server URL, or a list of servers to spread requests over (openai backend).",
+    )
+    http_client: Literal["aiohttp", "httpx"] = Field(
+        "aiohttp", description="HTTP transport of the openai client: aiohttp (faster at high concurrency) or httpx."
+    )
     api_key_env: str | None = Field(
         None, description="Env var holding the API key (never written anywhere); unset for local servers."
     )
     n: int = Field(1, ge=1, description="Samples per prompt.")
     concurrency: int = Field(32, ge=1, description="Requests in flight at once (openai backend).")
     timeout: float = Field(600.0, gt=0, description="Seconds per request before it counts as failed.")
-    max_retries: int = Field(2, ge=0, description="Client retries on 429/5xx/connection errors.")
+    max_retries: int = Field(4, ge=0, description="Retries of a request on 429/5xx/timeouts/dropped connections.")
+    backoff_base: float = Field(1.0, ge=0, description="First retry waits up to this many seconds (then doubles).")
+    backoff_max: float = Field(60.0, ge=0, description="Longest wait between two attempts, in seconds.")
+    adaptive_concurrency: bool = Field(True, description="Halve concurrency on 429s, climb back on successes (AIMD).")
+    requests_per_minute: float | None = Field(None, gt=0, description="Client-side request rate limit.")
+    tokens_per_minute: float | None = Field(
+        None, gt=0, description="Client-side token rate limit (prompt estimate + max_tokens × n per request)."
+    )
+    server_cooldown: float = Field(30.0, ge=0, description="Seconds a failing server is left out before a retry.")
+    logprobs: int | None = Field(
+        None, ge=0, le=20, description="Capture the teacher's top-k token logprobs (k ≤ 20) into meta.logprobs."
+    )
+    split_think: bool = Field(False, description="Move inline <think>…</think> into reasoning_content.")
+    shard: str | None = Field(None, description="'I/N': process a deterministic 1/N of the prompts (I from 0).")
     batch_size: int = Field(16, ge=1, description="Samples per forward batch (transformers backend).")
     dtype: str = Field("float32", description="Weights dtype for in-process backends.")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM in-process tensor parallelism.")
@@ -71,6 +90,23 @@ class GenerateConfig(_Config):
     shutdown_timeout: float = Field(30.0, ge=0, description="After a first Ctrl-C, seconds to wait for in-flight.")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     extra_body: dict[str, Any] = Field(default_factory=dict, description="Extra request fields (e.g. top_k).")
+
+    @field_validator("shard")
+    @classmethod
+    def _check_shard(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        i, sep, n = value.partition("/")
+        if not (sep and i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
+            raise ValueError(f"shard must be 'I/N' with 0 <= I < N, e.g. 0/4 (got {value!r})")
+        return value
+
+    @property
+    def base_urls(self) -> list[str]:
+        urls = [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
+        if not urls:
+            raise ConfigError("base_url: give at least one server URL")
+        return urls
 
 
 class FilterConfig(_Config):

@@ -23,9 +23,22 @@ class RateColumn(ProgressColumn):
         return Text(f"{task.completed / elapsed:.2f} {self.unit}/s", style="progress.data.speed")
 
 
+class Bar:
+    """A running bar: `advance(k)` counts work done, `status(text)` shows a short live line beside it."""
+
+    def __init__(self, progress: Progress, task):
+        self._progress, self._task = progress, task
+
+    def advance(self, k: int = 1) -> None:
+        self._progress.advance(self._task, k)
+
+    def status(self, text: str) -> None:
+        self._progress.update(self._task, status=text)
+
+
 @contextmanager
 def progress_bar(total: int | None, description: str, unit: str = "samples"):
-    """Yield `advance(k)`; the bar shows done/total (total None: a count), rate and elapsed time."""
+    """Yield a `Bar`; the bar shows done/total (total None: a count), rate, elapsed time and a status line."""
     disabled = bool(os.environ.get("SEQDISTILL_NO_PROGRESS"))
     progress = Progress(
         TextColumn("[bold]{task.description}"),
@@ -33,9 +46,9 @@ def progress_bar(total: int | None, description: str, unit: str = "samples"):
         MofNCompleteColumn(),
         RateColumn(unit),
         TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}", markup=False),
         console=Console(stderr=True),
         disable=disabled,
     )
     with progress:
-        task = progress.add_task(description, total=total)
-        yield lambda k=1: progress.advance(task, k)
+        yield Bar(progress, progress.add_task(description, total=total, status=""))

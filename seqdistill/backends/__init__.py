@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import importlib
 
-from seqdistill.backends.base import Backend, Request, Result
+from seqdistill.backends.base import Backend, Failure, Request, Result
 from seqdistill.config import GenerateConfig
 from seqdistill.errors import ConfigError
 
-__all__ = ["Backend", "Request", "Result", "BACKENDS", "create_backend"]
+__all__ = ["Backend", "Failure", "Request", "Result", "BACKENDS", "create_backend"]
 
 BACKENDS = {
     "openai": "seqdistill.backends.openai_compat:OpenAIBackend",

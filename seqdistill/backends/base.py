@@ -32,6 +32,16 @@ class Result:
     finish_reason: str | None
     reasoning: str | None = None
     usage: dict[str, Any] = field(default_factory=dict)
+    logprobs: dict[str, Any] | None = None  # compact top-k token logprobs, when asked for
+
+
+@dataclass
+class Failure:
+    """A request that failed after its retries: counted by class, left missing, retried on the next run."""
+
+    request: Request
+    kind: str  # error class: http_500, http_429, timeout, connection, bad_response, short_response
+    detail: str
 
 
 class Backend(ABC):
@@ -47,15 +57,15 @@ class Backend(ABC):
         return self.cfg.model or ""
 
     @abstractmethod
-    def generate(self, requests: list[Request], stop: threading.Event) -> Iterator[Result]:
-        """Yield one Result per requested sample as each is ready.
+    def generate(self, requests: list[Request], stop: threading.Event) -> Iterator[Result | Failure]:
+        """Yield one Result per requested sample as each is ready, or a Failure for a request given up on.
 
         Once `stop` is set, start no new work and finish (yielding) what is already in flight.
         Raise `BackendError` for failures the user must fix (auth, unreachable server, unknown model).
         """
 
-    def failures(self) -> dict[str, int]:
-        """Requests that failed and were skipped (retried on the next run), by error class."""
+    def stats(self) -> dict[str, Any]:
+        """Backend counters for progress and the manifest (retries by class, current concurrency, ...)."""
         return {}
 
     def close(self) -> None:  # noqa: B027  (optional hook: most backends hold nothing to release)

@@ -1,30 +1,46 @@
 """Backend for any OpenAI-compatible chat server (vllm serve, SGLang, llama.cpp, hosted APIs).
 
 The official async client runs on an event loop in a worker thread; results cross to the caller
-through a queue so the stage can write each one the moment it arrives. Concurrency is a fixed pool
-of worker coroutines. Failures the user must fix (401/403, unknown model, unreachable server) stop
-the run; per-request failures (timeouts, 5xx/429 after the client's retries, 400 for one prompt) are
-counted and left missing, so the next run retries only those.
+through a queue so the stage can write each one the moment it arrives. A fixed pool of worker
+coroutines sends requests, gated by an AIMD concurrency limit (halved on 429s, climbing back by one
+per window of successes) and optional requests/tokens-per-minute buckets.
+
+Each request is retried with exponential backoff and full jitter on 429 (honouring Retry-After),
+5xx, timeouts, dropped connections and malformed answers, up to `max_retries`; then it is yielded as
+a `Failure` with its error class and the run goes on (the next run retries it). `finish_reason ==
+"length"` is data, never retried. 401/403/404 stop the run with one line; so does a 400/422, or an
+unreachable server, while no request has been answered yet (after that a 400 fails only its request).
+With several `base_url`s, each request goes to the least busy healthy server; a server that fails is
+left out for `server_cooldown` seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import logging
 import queue
+import random
+import re
 import threading
-from collections import Counter
+import time
+from collections import Counter, deque
 from collections.abc import Iterator
 from typing import Any
 
 import openai
 
-from seqdistill.backends.base import Backend, Request, Result
+from seqdistill.backends.base import Backend, Failure, Request, Result
 from seqdistill.config import api_key
 from seqdistill.errors import BackendError
 
 log = logging.getLogger(__name__)
 _DONE = object()
+_THINK = re.compile(r"^\s*<think>(.*?)(?:</think>|$)(.*)$", re.DOTALL)
+
+
+class _GiveUp(Exception):
+    """A request is not worth retrying (a 400 for this prompt): fail it now."""
 
 
 class OpenAIBackend(Backend):
@@ -35,18 +51,22 @@ class OpenAIBackend(Backend):
         if not cfg.model:
             raise BackendError("backend openai needs a model name: --model NAME (as the server serves it)")
         self._key = api_key(cfg)  # raises a ConfigError naming the env var when it is missing
-        self._failures: Counter[str] = Counter()
-        self._got_answer = False
+        self._retries: Counter[str] = Counter()
+        self._answered = 0
+        self._limit: _AIMD | None = None
 
-    def failures(self) -> dict[str, int]:
-        return dict(self._failures)
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"retries": dict(self._retries)}
+        if self._limit is not None:
+            out["concurrency"] = int(self._limit.limit)
+        return out
 
-    def generate(self, requests: list[Request], stop: threading.Event) -> Iterator[Result]:
+    # --- the caller's side: a thread runs the event loop, results come back through a queue -------------
+    def generate(self, requests: list[Request], stop: threading.Event) -> Iterator[Result | Failure]:
         results: queue.Queue = queue.Queue()
         abort = threading.Event()
-        loop = asyncio.new_event_loop()
         thread = threading.Thread(
-            target=self._thread_main, args=(loop, requests, stop, abort, results), daemon=True, name="openai-client"
+            target=self._thread_main, args=(requests, stop, abort, results), daemon=True, name="openai-client"
         )
         thread.start()
         try:
@@ -64,8 +84,8 @@ class OpenAIBackend(Backend):
             abort.set()
             thread.join(timeout=5)
 
-    def _thread_main(self, loop, requests, stop, abort, results) -> None:
-        asyncio.set_event_loop(loop)
+    def _thread_main(self, requests, stop, abort, results) -> None:
+        loop = asyncio.new_event_loop()
         try:
             loop.run_until_complete(self._run_all(requests, stop, abort, results))
         except BaseException as e:  # forwarded to the caller's thread
@@ -74,10 +94,13 @@ class OpenAIBackend(Backend):
             results.put(_DONE)
             loop.close()
 
+    # --- the event loop's side ------------------------------------------------------------------------
     async def _run_all(self, requests, stop, abort, results) -> None:
-        client = openai.AsyncOpenAI(
-            base_url=self.cfg.base_url, api_key=self._key, timeout=self.cfg.timeout, max_retries=self.cfg.max_retries
-        )
+        cfg = self.cfg
+        servers = [_Server(url, self._client(url), announce=len(cfg.base_urls) > 1) for url in cfg.base_urls]
+        self._limit = _AIMD(cfg.concurrency, cfg.adaptive_concurrency)
+        rpm = _Bucket(cfg.requests_per_minute) if cfg.requests_per_minute else None
+        tpm = _Bucket(cfg.tokens_per_minute) if cfg.tokens_per_minute else None
         fatal: list[BaseException] = []
         pending = iter(requests)  # shared by the workers: at most `concurrency` requests exist at once
 
@@ -86,12 +109,14 @@ class OpenAIBackend(Backend):
                 if stop.is_set() or abort.is_set() or fatal:
                     return
                 try:
-                    for result in await self._request(client, req):
-                        results.put(result)
+                    if rpm:
+                        await rpm.take(1)
+                    if tpm:
+                        await tpm.take(self._token_estimate(req))
+                    for item in await self._attempts(req, servers, stop):
+                        results.put(item)
                 except BackendError as e:
                     fatal.append(e)
-                except Exception as e:  # a malformed answer: count it (gather would drop it silently)
-                    self._failed("bad_response", req, f"{type(e).__name__}: {e}")
 
         async def watch_abort(tasks: list[asyncio.Task]) -> None:
             while not abort.is_set() and not fatal:
@@ -100,16 +125,90 @@ class OpenAIBackend(Backend):
                 t.cancel()
 
         try:
-            workers = [asyncio.create_task(worker()) for _ in range(min(self.cfg.concurrency, len(requests)))]
+            workers = [asyncio.create_task(worker()) for _ in range(min(cfg.concurrency, len(requests)))]
             watcher = asyncio.create_task(watch_abort(workers))
             await asyncio.gather(*workers, return_exceptions=True)
             watcher.cancel()
         finally:
-            await client.close()
+            for server in servers:
+                await server.client.close()
         if fatal:
             raise fatal[0]
 
-    async def _request(self, client: openai.AsyncOpenAI, req: Request) -> list[Result]:
+    def _client(self, url: str) -> openai.AsyncOpenAI:
+        http_client = None
+        if self.cfg.http_client == "aiohttp":
+            http_client = openai.DefaultAioHttpClient(limits=_limits(self.cfg.concurrency))
+        return openai.AsyncOpenAI(
+            base_url=url, api_key=self._key, timeout=self.cfg.timeout, max_retries=0, http_client=http_client
+        )
+
+    async def _attempts(self, req: Request, servers: list[_Server], stop: threading.Event) -> list[Any]:
+        """Send `req` until it succeeds or runs out of attempts: its Results, or one Failure."""
+        kind, detail = "", ""
+        for attempt in range(self.cfg.max_retries + 1):
+            server = await _pick(servers)
+            await self._limit.acquire()
+            server.in_flight += 1
+            try:
+                results = self._results(await self._send(server, req), req)
+                server.ok()
+                self._answered += 1
+                self._limit.on_success()
+                return results
+            except _GiveUp as e:
+                return [Failure(req, e.args[0], e.args[1])]
+            except _Retryable as e:
+                kind, detail, wait = e.kind, e.detail, e.wait
+            finally:
+                server.in_flight -= 1
+                self._limit.release()
+            others_up = any(s.up() for s in servers)
+            if (
+                kind == "connection"
+                and not self._answered
+                and not others_up
+                and attempt >= min(1, self.cfg.max_retries)
+            ):
+                raise BackendError(
+                    f"cannot reach the server at {server.url} ({detail}): is it running? "
+                    "(start it with e.g. `vllm serve MODEL --port 8000`, or set --base-url)"
+                )
+            if attempt == self.cfg.max_retries or stop.is_set():
+                break  # no new sends after a Ctrl-C: the next run retries it
+            self._retries[kind] += 1
+            if kind == "connection" and others_up:
+                wait = 0.0  # another server takes it at once
+            delay = wait if wait is not None else _backoff(attempt, self.cfg.backoff_base, self.cfg.backoff_max)
+            log.debug("prompt %s: %s (%s); retry %d in %.2fs", req.prompt_id, kind, detail, attempt + 1, delay)
+            await asyncio.sleep(delay)
+        log.warning("prompt %s: gave up after %s (%s); the next run retries it", req.prompt_id, kind, detail)
+        return [Failure(req, kind, detail)]
+
+    async def _send(self, server: _Server, req: Request) -> Any:
+        try:
+            resp = await server.client.chat.completions.create(
+                model=self.cfg.model,
+                messages=req.messages,
+                extra_body=self.cfg.extra_body or None,
+                **self._params(req),
+            )
+        except openai.APIStatusError as e:
+            raise self._status_error(e, server) from None
+        except openai.APITimeoutError as e:
+            if type(e.__cause__ or e.__context__).__name__ != "ConnectTimeout":
+                raise _Retryable("timeout", f"no answer within {self.cfg.timeout:g}s") from None
+            # the aiohttp transport reports a refused connection as a connect timeout: the server is not there
+            server.fail(self.cfg.server_cooldown)
+            raise _Retryable("connection", _cause(e)) from None
+        except openai.APIConnectionError as e:
+            server.fail(self.cfg.server_cooldown)
+            raise _Retryable("connection", _cause(e)) from None
+        except openai.APIError as e:  # e.g. a 200 whose body is not a chat completion
+            raise _Retryable("bad_response", f"{type(e).__name__}: {str(e)[:200]}") from None
+        return resp
+
+    def _params(self, req: Request) -> dict[str, Any]:
         s = self.cfg.sampling
         params: dict[str, Any] = {"temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens}
         if s.seed is not None:
@@ -118,75 +217,238 @@ class OpenAIBackend(Backend):
             params["stop"] = s.stop
         if req.n > 1:
             params["n"] = req.n
-        try:
-            resp = await client.chat.completions.create(
-                model=self.cfg.model, messages=req.messages, extra_body=self.cfg.extra_body or None, **params
-            )
-        except openai.APIStatusError as e:
-            self._on_status_error(e, req)
-            return []
-        except openai.APITimeoutError:
-            self._failed("timeout", req, f"no answer within {self.cfg.timeout:g}s")
-            return []
-        except openai.APIConnectionError as e:
-            if not self._got_answer:
-                raise BackendError(
-                    f"cannot reach the server at {self.cfg.base_url} ({_cause(e)}): is it running? "
-                    "(start it with e.g. `vllm serve MODEL --port 8000`, or set --base-url)"
-                ) from None
-            self._failed("connection", req, _cause(e))
-            return []
-        self._got_answer = True
-        return self._results(resp, req)
+        if self.cfg.logprobs is not None:
+            params["logprobs"] = True
+            if self.cfg.logprobs:
+                params["top_logprobs"] = self.cfg.logprobs
+        return params
 
-    def _results(self, resp: Any, req: Request) -> list[Result]:
-        choices = sorted(resp.choices or [], key=lambda c: c.index)
-        if len(choices) < req.n:  # e.g. a server that ignores `n`: the missing ones are retried next run
-            self._failed("short_response", req, f"asked for {req.n} samples, server returned {len(choices)}")
-        usage = resp.usage
-        out = []
-        for choice, sample_index in zip(choices, req.sample_indices, strict=False):
-            msg = choice.message
-            extra = msg.model_extra or {}
-            reasoning = (
-                getattr(msg, "reasoning_content", None) or extra.get("reasoning_content") or extra.get("reasoning")
-            )
-            sample_usage: dict[str, Any] = {}
-            if usage is not None:
-                sample_usage["prompt_tokens"] = usage.prompt_tokens
-                if req.n == 1:
-                    sample_usage["completion_tokens"] = usage.completion_tokens
-                else:  # the API reports one total for all n choices
-                    sample_usage["request_completion_tokens"] = usage.completion_tokens
-            out.append(
-                Result(req, sample_index, msg.content or "", choice.finish_reason, reasoning or None, sample_usage)
-            )
-        return out
-
-    def _on_status_error(self, e: openai.APIStatusError, req: Request) -> None:
+    def _status_error(self, e: openai.APIStatusError, server: _Server) -> Exception:
         code = e.status_code
         detail = _server_message(e).replace(self._key, "***")  # some servers echo the key they got
         if code in (401, 403):
             where = (
                 f"the key in ${self.cfg.api_key_env}" if self.cfg.api_key_env else "no API key (api_key_env is unset)"
             )
-            raise BackendError(
-                f"server at {self.cfg.base_url} answered {code} {'Unauthorized' if code == 401 else 'Forbidden'} "
+            return BackendError(
+                f"server at {server.url} answered {code} {'Unauthorized' if code == 401 else 'Forbidden'} "
                 f"with {where}: set api_key_env to the env var holding a valid key ({detail})"
             )
         if code == 404:
-            raise BackendError(
-                f"server at {self.cfg.base_url} answered 404 for model {self.cfg.model!r} ({detail}): "
+            return BackendError(
+                f"server at {server.url} answered 404 for model {self.cfg.model!r} ({detail}): "
                 "check --model against the server's /v1/models and the URL (it usually ends in /v1)"
             )
-        self._got_answer = True
-        self._failed(f"http_{code}", req, detail)
+        if code == 429:
+            self._limit.on_throttle()
+            return _Retryable("http_429", detail, _retry_after(e))
+        if code >= 500 or code in (408, 409):
+            if code >= 500:
+                server.fail(self.cfg.server_cooldown, soft=True)
+            return _Retryable(f"http_{code}", detail, _retry_after(e))
+        if not self._answered:  # every request would get it: a setting the server rejects
+            return BackendError(f"server at {server.url} rejected the request with {code}: {detail}")
+        return _GiveUp(f"http_{code}", detail)
 
-    def _failed(self, kind: str, req: Request, detail: str) -> None:
-        self._failures[kind] += 1
-        log.warning(
-            "prompt %s: request failed (%s: %s); it will be retried on the next run", req.prompt_id, kind, detail
-        )
+    def _results(self, resp: Any, req: Request) -> list[Result | Failure]:
+        try:
+            choices = sorted(resp.choices, key=lambda c: c.index)
+            usage = resp.usage
+            out: list[Result | Failure] = [
+                self._result(choice, idx, req, usage) for choice, idx in zip(choices, req.sample_indices, strict=False)
+            ]
+        except (AttributeError, TypeError) as e:  # a 200 whose body is not a chat completion
+            raise _Retryable("bad_response", f"{type(e).__name__}: {e}") from None
+        if len(choices) < req.n:  # e.g. a server that ignores `n`: the missing ones are retried next run
+            missing = Request(req.prompt_id, req.messages, req.sample_indices[len(choices) :])
+            out.append(Failure(missing, "short_response", f"asked for {req.n} samples, got {len(choices)}"))
+        return out
+
+    def _result(self, choice: Any, sample_index: int, req: Request, usage: Any) -> Result:
+        msg = choice.message
+        extra = msg.model_extra or {}
+        reasoning = getattr(msg, "reasoning_content", None) or extra.get("reasoning_content") or extra.get("reasoning")
+        content = msg.content or ""
+        if self.cfg.split_think and not reasoning:
+            reasoning, content = split_think(content)
+        sample_usage: dict[str, Any] = {}
+        if usage is not None:
+            sample_usage["prompt_tokens"] = usage.prompt_tokens
+            if req.n == 1:
+                sample_usage["completion_tokens"] = usage.completion_tokens
+            else:  # the API reports one total for all n choices
+                sample_usage["request_completion_tokens"] = usage.completion_tokens
+        logprobs = _compact_logprobs(choice.logprobs) if self.cfg.logprobs is not None else None
+        if logprobs and "completion_tokens" not in sample_usage:
+            sample_usage["completion_tokens"] = len(logprobs["tokens"])
+        return Result(req, sample_index, content, choice.finish_reason, reasoning or None, sample_usage, logprobs)
+
+    def _token_estimate(self, req: Request) -> float:
+        prompt_chars = sum(len(m.get("content") or "") for m in req.messages)
+        return prompt_chars / 4 + self.cfg.sampling.max_tokens * req.n
+
+
+class _Retryable(Exception):
+    def __init__(self, kind: str, detail: str, wait: float | None = None):
+        super().__init__(kind, detail)
+        self.kind, self.detail, self.wait = kind, detail, wait
+
+
+class _Server:
+    """One endpoint: its client, its load, and whether it is left out for now."""
+
+    def __init__(self, url: str, client: openai.AsyncOpenAI, announce: bool):
+        self.url, self.client = url, client
+        self.announce = announce  # several servers: leave a failing one out for a while, and say so
+        self.in_flight = 0
+        self.down_until = 0.0
+        self.recent_failures = 0
+
+    def up(self) -> bool:
+        return time.monotonic() >= self.down_until
+
+    def fail(self, cooldown: float, soft: bool = False) -> None:
+        """A failed server is left out for `cooldown`; a 5xx (soft) only after three in a row."""
+        self.recent_failures += 1
+        if not self.announce:  # a lone server is never left out: its retries just back off
+            return
+        if not soft or self.recent_failures >= 3:
+            if self.up() and self.announce:
+                log.warning("server %s failing; leaving it out for %gs", self.url, cooldown)
+            self.down_until = time.monotonic() + cooldown
+
+    def ok(self) -> None:
+        self.recent_failures = 0
+        self.down_until = 0.0
+
+
+async def _pick(servers: list[_Server]) -> _Server:
+    """The least busy server that is up; when all are out, wait for the first to come back."""
+    while True:
+        up = [s for s in servers if s.up()]
+        if up:
+            return min(up, key=lambda s: s.in_flight)
+        await asyncio.sleep(max(0.01, min(s.down_until for s in servers) - time.monotonic()))
+
+
+class _AIMD:
+    """Concurrency limit: halve on a 429 (at most once a second), +1 per `limit` successes, up to the max."""
+
+    def __init__(self, maximum: int, adaptive: bool):
+        self.maximum, self.adaptive = maximum, adaptive
+        self.limit = float(maximum)
+        self.in_flight = 0
+        self._waiters: deque[asyncio.Future] = deque()
+        self._last_cut = 0.0
+
+    async def acquire(self) -> None:
+        while self.in_flight >= max(1, int(self.limit)):
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:  # cancelled while waiting
+                    self._waiters.remove(waiter)
+        self.in_flight += 1
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        free = max(1, int(self.limit)) - self.in_flight
+        while free > 0 and self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                free -= 1
+
+    def on_throttle(self) -> None:
+        now = time.monotonic()
+        if self.adaptive and now - self._last_cut > 1.0:
+            self.limit = max(1.0, self.limit / 2)
+            self._last_cut = now
+            log.info("429 from the server: concurrency down to %d", int(self.limit))
+
+    def on_success(self) -> None:
+        if self.adaptive and self.limit < self.maximum:
+            self.limit = min(float(self.maximum), self.limit + 1 / self.limit)
+            self._wake()
+
+
+class _Bucket:
+    """A per-minute rate limit (token bucket holding at most one second's worth)."""
+
+    def __init__(self, per_minute: float):
+        self.rate = per_minute / 60.0
+        self.level = 0.0
+        self.last = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def take(self, amount: float) -> None:
+        async with self._lock:
+            now = time.monotonic()
+            self.level = min(self.rate, self.level + (now - self.last) * self.rate)
+            self.last = now
+            if self.level < amount:
+                await asyncio.sleep((amount - self.level) / self.rate)
+                self.level, self.last = amount, time.monotonic()
+            self.level -= amount
+
+
+def _backoff(attempt: int, base: float, cap: float) -> float:
+    """Full jitter: uniform in [0, min(cap, base * 2^attempt)] (spreads retries of many clients)."""
+    return random.uniform(0, min(cap, base * 2**attempt))
+
+
+def _retry_after(e: openai.APIStatusError) -> float | None:
+    """Seconds from Retry-After / retry-after-ms, when the server says how long to wait."""
+    headers = e.response.headers if e.response is not None else {}
+    if ms := headers.get("retry-after-ms"):
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, when.timestamp() - time.time()) if when else None
+
+
+def split_think(text: str) -> tuple[str | None, str]:
+    """Inline `<think>…</think>answer` -> (reasoning, answer); an unclosed think block is all reasoning.
+
+    >>> split_think("<think>6*7</think>\\n42")
+    ('6*7', '42')
+    >>> split_think("42")
+    (None, '42')
+    """
+    m = _THINK.match(text)
+    if not m:
+        return None, text
+    return m.group(1).strip(), m.group(2).strip()
+
+
+def _compact_logprobs(logprobs: Any) -> dict[str, Any] | None:
+    """{"tokens": [...], "logprobs": [...], "top": [[[token, logprob], ...], ...]} with 4-decimal floats."""
+    content = getattr(logprobs, "content", None)
+    if not content:
+        return None
+    out: dict[str, Any] = {"tokens": [t.token for t in content], "logprobs": [round(t.logprob, 4) for t in content]}
+    if any(t.top_logprobs for t in content):
+        out["top"] = [[[c.token, round(c.logprob, 4)] for c in (t.top_logprobs or [])] for t in content]
+    return out
+
+
+def _limits(concurrency: int):
+    import httpx2  # the openai SDK's own HTTP layer: keep a connection alive per concurrent request
+
+    return httpx2.Limits(max_connections=max(concurrency, 100), max_keepalive_connections=max(concurrency, 100))
 
 
 def _cause(e: BaseException) -> str:

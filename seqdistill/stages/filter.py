@@ -53,10 +53,10 @@ def run(cfg: FilterConfig) -> dict[str, Any]:
     examples: dict[str, list[dict[str, str]]] = {}
     total = 0
     with AtomicWriter(output) as kept, AtomicWriter(rejected_path) as rejected:
-        with progress_bar(None, "filter") as advance:
+        with progress_bar(None, "filter") as bar:
             for sample in read_samples(cfg.input):
                 total += 1
-                advance()
+                bar.advance()
                 drop = _first_drop(rules, sample)
                 if drop is None:
                     kept.write(sample.to_json())

@@ -7,19 +7,23 @@ re-running the same command sends only what is missing. Ctrl-C once: no new requ
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import signal
 import threading
 import time
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from seqdistill.backends import Request, Result, create_backend
+from seqdistill import __version__
+from seqdistill.backends import Failure, Request, Result, create_backend
 from seqdistill.config import GenerateConfig
 from seqdistill.errors import BackendError
-from seqdistill.io import SampleWriter, read_samples, repair_tail
+from seqdistill.io import SampleWriter, read_samples, repair_tail, write_json
 from seqdistill.models import model_identity
 from seqdistill.progress import progress_bar
 from seqdistill.prompts import PromptItem, load_prompts
@@ -41,8 +45,8 @@ def sampling_key(cfg: GenerateConfig) -> dict[str, Any]:
 
 
 def plan(cfg: GenerateConfig, use_student_prompt: bool = False) -> tuple[list[PromptItem], dict[tuple[str, int], str]]:
-    """The prompts, and the id of every (prompt_id, sample_index) this config asks for."""
-    prompts = list(load_prompts(cfg.prompts))
+    """The prompts (this shard's), and the id of every (prompt_id, sample_index) this config asks for."""
+    prompts = [p for p in load_prompts(cfg.prompts) if in_shard(p.id, cfg.shard)]
     if use_student_prompt:
         for p in prompts:
             p.teacher_messages = p.messages
@@ -52,11 +56,28 @@ def plan(cfg: GenerateConfig, use_student_prompt: bool = False) -> tuple[list[Pr
     return prompts, ids
 
 
+def in_shard(prompt_id: str, shard: str | None) -> bool:
+    """Whether a prompt belongs to shard 'I/N': by a hash of its id, so order and other prompts don't matter.
+
+    >>> [in_shard("arith-0001", f"{i}/3") for i in range(3)].count(True)
+    1
+    """
+    if shard is None:
+        return True
+    i, n = (int(x) for x in shard.split("/"))
+    return int(hashlib.sha256(prompt_id.encode()).hexdigest()[:16], 16) % n == i
+
+
 def existing_ids(path: Path) -> set[str]:
     if not path.exists():
         return set()
     repair_tail(path)
     return {s.id for s in read_samples(path)}
+
+
+def side_path(output: Path, kind: str) -> Path:
+    """`samples.jsonl` -> `samples.<kind>.json[l]` (failures log, manifest)."""
+    return output.with_name(f"{output.stem}.{kind}")
 
 
 def run(cfg: GenerateConfig, use_student_prompt: bool = False) -> dict[str, Any]:
@@ -87,29 +108,30 @@ def run(cfg: GenerateConfig, use_student_prompt: bool = False) -> dict[str, Any]
         return summary
     start = time.monotonic()
     backend = create_backend(cfg)
+    tally = _Tally()
     try:
         with SampleWriter(output) as writer, _ctrl_c(cfg.shutdown_timeout) as stop:
             total = sum(r.n for r in requests)
-            with progress_bar(total, f"generate ({cfg.backend})") as advance:
-                for result in backend.generate(requests, stop):
-                    sample = _to_sample(cfg, by_id[result.request.prompt_id], result, ids)
-                    writer.write(sample)
-                    summary["generated"] += 1
-                    summary["truncated"] += result.finish_reason == "length"
-                    advance()
+            with progress_bar(total, f"generate ({cfg.backend})") as bar:
+                for item in backend.generate(requests, stop):
+                    if isinstance(item, Failure):
+                        tally.failed(item, side_path(output, "failures.jsonl"))
+                    else:
+                        writer.write(_to_sample(cfg, by_id[item.request.prompt_id], item, ids))
+                        tally.sample(item)
+                        bar.advance()
+                    bar.status(tally.line(backend.stats(), time.monotonic() - start))
             summary["interrupted"] = stop.is_set()
     except KeyboardInterrupt:
         raise Interrupted(
-            f"aborted: {summary['generated']} new samples kept in {output}; run the same command to resume"
+            f"aborted: {tally.samples} new samples kept in {output}; run the same command to resume"
         ) from None
     finally:
         backend.close()
-    failures = backend.failures()
-    summary["failed"] = sum(failures.values())
-    summary["seconds"] = round(time.monotonic() - start, 2)
-    summary["samples_per_s"] = round(summary["generated"] / max(summary["seconds"], 1e-9), 3)
-    if failures and not summary["interrupted"]:  # interrupted runs report "stopped" and exit 130 instead
-        kinds = ", ".join(f"{k}: {v}" for k, v in sorted(failures.items()))
+        summary.update(tally.summary(time.monotonic() - start))
+        _write_manifest(cfg, summary, backend.stats())
+    if summary["failed"] and not summary["interrupted"]:  # interrupted runs report "stopped" and exit 130 instead
+        kinds = ", ".join(f"{k}: {v}" for k, v in sorted(tally.failures.items()))
         raise BackendError(
             f"{summary['failed']} requests failed ({kinds}); {summary['generated']} samples were written to {output}; "
             "run the same command again to retry only the failed ones"
@@ -117,10 +139,84 @@ def run(cfg: GenerateConfig, use_student_prompt: bool = False) -> dict[str, Any]
     return summary
 
 
+class _Tally:
+    """Counts for the progress line, the summary and the manifest."""
+
+    def __init__(self):
+        self.samples = self.truncated = self.prompt_tokens = self.completion_tokens = 0
+        self.failures: Counter[str] = Counter()
+
+    def sample(self, result: Result) -> None:
+        self.samples += 1
+        self.truncated += result.finish_reason == "length"
+        usage = result.usage
+        self.prompt_tokens += usage.get("prompt_tokens") or 0
+        completion = usage.get("completion_tokens")
+        if completion is None and usage.get("request_completion_tokens") is not None:
+            completion = usage["request_completion_tokens"] / max(1, result.request.n)
+        self.completion_tokens += completion or 0
+
+    def failed(self, failure: Failure, path: Path) -> None:
+        self.failures[failure.kind] += 1
+        with path.open("a", encoding="utf-8") as f:  # a durable record of what failed and why
+            row = {
+                "prompt_id": failure.request.prompt_id,
+                "sample_indices": failure.request.sample_indices,
+                "error": failure.kind,
+                "detail": failure.detail,
+                "time": time.time(),
+            }
+            f.write(json.dumps(row) + "\n")
+
+    def line(self, stats: dict[str, Any], elapsed: float) -> str:
+        parts = [f"{self.completion_tokens / max(elapsed, 1e-9):.0f} tok/s"]
+        if self.samples:
+            parts.append(f"trunc {self.truncated / self.samples:.0%}")
+        if retries := stats.get("retries"):
+            parts.append("retries " + ",".join(f"{k}:{v}" for k, v in sorted(retries.items())))
+        if self.failures:
+            parts.append("failed " + ",".join(f"{k}:{v}" for k, v in sorted(self.failures.items())))
+        if "concurrency" in stats:
+            parts.append(f"conc {stats['concurrency']}")
+        return " ".join(parts)
+
+    def summary(self, seconds: float) -> dict[str, Any]:
+        return {
+            "generated": self.samples,
+            "truncated": self.truncated,
+            "failed": sum(self.failures.values()),
+            "failures": dict(self.failures),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": round(self.completion_tokens),
+            "seconds": round(seconds, 2),
+            "samples_per_s": round(self.samples / max(seconds, 1e-9), 3),
+        }
+
+
+def _write_manifest(cfg: GenerateConfig, summary: dict[str, Any], stats: dict[str, Any]) -> None:
+    """What this run did, written when it ends (also after a failure or Ctrl-C): counts, tokens, errors, settings."""
+    output = Path(cfg.output)
+    manifest = {
+        **summary,
+        "complete": summary["already_done"] + summary["generated"] == summary["requested"],
+        "retries": stats.get("retries", {}),
+        "teacher": {"model": cfg.model, "backend": cfg.backend},
+        "sampling": sampling_key(cfg),
+        "n": cfg.n,
+        "shard": cfg.shard,
+        "prompts_source": cfg.prompts.source,
+        "seqdistill_version": __version__,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    write_json(side_path(output, "manifest.json"), manifest)
+
+
 def _to_sample(cfg: GenerateConfig, prompt: PromptItem, result: Result, ids: dict[tuple[str, int], str]) -> Sample:
     meta: dict[str, Any] = {}
     if prompt.teacher_messages != prompt.messages:
         meta["teacher_prompt"] = prompt.teacher_messages
+    if result.logprobs:
+        meta["logprobs"] = result.logprobs
     return Sample(
         id=ids[(prompt.id, result.sample_index)],
         prompt_id=prompt.id,
