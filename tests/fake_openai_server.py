@@ -43,6 +43,11 @@ class FakeOpenAIServer:
         reasoning_field: str | None = None,
         long_answers: bool = False,
         max_n: int | None = None,
+        throttle_first: int = 0,
+        retry_after: float | None = None,
+        drop_first: int = 0,
+        slow_first: int = 0,
+        slow_seconds: float = 0.0,
     ):
         self.models = list(models)
         self.api_key = api_key
@@ -52,6 +57,13 @@ class FakeOpenAIServer:
         self.reasoning_field = reasoning_field
         self.long_answers = long_answers
         self.max_n = max_n  # a server that ignores `n` beyond this (returns fewer choices)
+        # after fail_first and garbage_first, the next chat requests are, in turn: throttled (429 with
+        # Retry-After when set), dropped (connection closed, no answer), slow (answered after slow_seconds)
+        self.throttle_first = throttle_first
+        self.retry_after = retry_after
+        self.drop_first = drop_first
+        self.slow_first = slow_first
+        self.slow_seconds = slow_seconds
         self._lock = threading.Lock()
         self._log: list[dict[str, Any]] = []
         self._chat_count = 0
@@ -150,7 +162,8 @@ class FakeOpenAIServer:
             message: dict[str, Any] = {"role": "assistant", "content": text}
             if self.reasoning_field:
                 message[self.reasoning_field] = reasoning_text(question, i)
-            choices.append({"index": i, "message": message, "finish_reason": finish_reason, "logprobs": None})
+            logprobs = _logprobs(words, int(body.get("top_logprobs") or 0)) if body.get("logprobs") else None
+            choices.append({"index": i, "message": message, "finish_reason": finish_reason, "logprobs": logprobs})
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in messages)
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
@@ -164,6 +177,16 @@ class FakeOpenAIServer:
                 "total_tokens": prompt_tokens + completion_tokens,
             },
         }
+
+
+def _logprobs(words: list[str], k: int) -> dict[str, Any]:
+    """OpenAI-shaped logprobs: one entry per word; the chosen word first among k alternatives."""
+    content = []
+    for j, word in enumerate(words):
+        top = [{"token": word, "logprob": -0.125 * j, "bytes": None}]
+        top += [{"token": f"alt{m}", "logprob": -1.0 - m, "bytes": None} for m in range(1, k)]
+        content.append({"token": word, "logprob": -0.125 * j, "bytes": None, "top_logprobs": top[:k]})
+    return {"content": content, "refusal": None}
 
 
 def answer_text(question: str, index: int) -> str:
@@ -205,11 +228,20 @@ class _Handler(BaseHTTPRequestHandler):
             }
         )
 
-    def _send(self, entry: dict[str, Any], status: int, payload: Any, content_type: str = "application/json") -> None:
+    def _send(
+        self,
+        entry: dict[str, Any],
+        status: int,
+        payload: Any,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
         self.fake._update(entry, status=status)
         try:
             self.send_response(status)
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -266,6 +298,19 @@ class _Handler(BaseHTTPRequestHandler):
         if entry["chat_number"] <= fake.fail_first + fake.garbage_first:
             self._send(entry, 200, "<html><body>Welcome to the proxy</body></html>", "text/html")
             return
+        number = entry["chat_number"] - fake.fail_first - fake.garbage_first
+        if number <= fake.throttle_first:
+            headers = {"Retry-After": f"{fake.retry_after:g}"} if fake.retry_after is not None else {}
+            self._send(entry, 429, error_body("Rate limit reached", "rate_limit_error", 429), headers=headers)
+            return
+        number -= fake.throttle_first
+        if number <= fake.drop_first:
+            self.fake._update(entry, status="dropped")
+            self.close_connection = True  # no status line at all: the client sees the connection drop
+            return
+        number -= fake.drop_first
+        if number <= fake.slow_first:
+            fake._closing.wait(fake.slow_seconds)
         if body.get("model") not in fake.models:
             message = f"The model `{body.get('model')}` does not exist."
             self._send(entry, 404, error_body(message, "NotFoundError", 404))

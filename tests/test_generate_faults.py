@@ -1,0 +1,182 @@
+"""generate against a misbehaving server: retries with backoff, Retry-After, dropped connections, timeouts,
+two servers one of which dies, AIMD, shards, logprobs and the run manifest (all over real loopback HTTP)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+
+import pytest
+
+from tests.conftest import write_jsonl
+from tests.fake_openai_server import FakeOpenAIServer
+from tests.test_generate_openai import MODEL, assert_exit, cli, keys, prompt_rows, samples
+
+FAST = ("--set", "backoff_base=0.05", "--set", "backoff_max=0.2")
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_key(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+
+
+@pytest.fixture
+def server():
+    with FakeOpenAIServer(models=[MODEL]) as s:
+        yield s
+
+
+def _manifest(output):
+    return json.loads(output.with_name(output.stem + ".manifest.json").read_text())
+
+
+def _complete(output, count: int, n: int = 1) -> None:
+    assert keys(samples(output)) == Counter({(f"q{i}", j): 1 for i in range(count) for j in range(n)})
+
+
+def test_429_retry_after_is_honoured_and_the_run_completes(tmp_path, server):
+    server.throttle_first, server.retry_after = 2, 0.6
+    prompts = write_jsonl(tmp_path / "p.jsonl", prompt_rows(0, 3))
+    out = tmp_path / "s.jsonl"
+    start = time.monotonic()
+    result = cli(server.base_url, prompts, out, 1, "--concurrency", "1", *FAST)
+    assert_exit(result, 0)
+    assert time.monotonic() - start >= 1.2  # two waits of Retry-After, not the 0.05 s backoff
+    _complete(out, 3)
+    assert _manifest(out)["retries"] == {"http_429": 2}
+    statuses = [r["status"] for r in server.chat_requests()]
+    assert statuses == [429, 429, 200, 200, 200]
+
+
+def test_500_then_success_is_retried_within_the_run(tmp_path, server):
+    server.fail_first = 3
+    prompts = write_jsonl(tmp_path / "p.jsonl", prompt_rows(0, 4))
+    out = tmp_path / "s.jsonl"
+    assert_exit(cli(server.base_url, prompts, out, 2, "--concurrency", "2", *FAST), 0)
+    _complete(out, 4, 2)
+    assert _manifest(out)["retries"] == {"http_500": 3}
+
+
+def test_dropped_connection_is_retried(tmp_path, server):
+    server.drop_first = 2
+    prompts = write_jsonl(tmp_path / "p.jsonl", prompt_rows(0, 3))
+    out = tmp_path / "s.jsonl"
+    assert_exit(cli(server.base_url, prompts, out, 1, "--concurrency", "1", *FAST), 0)
+    _complete(out, 3)
+    assert _manifest(out)["retries"] == {"connection": 2}
+
+
+def test_timeout_is_retried(tmp_path, server):
+    server.slow_first, server.slow_seconds = 1, 3.0
+    prompts = write_jsonl(tmp_path / "p.jsonl", prompt_rows(0, 2))
+    out = tmp_path / "s.jsonl"
+    assert_exit(cli(server.base_url, prompts, out, 1, "--concurrency", "1", "--set", "timeout=0.5", *FAST), 0)
+    _complete(out, 2)
+    assert _manifest(out)["retries"] == {"timeout": 1}
+
+
+def test_malformed_json_is_retried_then_recorded_as_failed(tmp_path, server):
+    server.garbage_first = 10  # more than the attempts one request gets
+    prompts = write_jsonl(tmp_path / "p.jsonl", prompt_rows(0, 1))
+    out = tmp_path / "s.jsonl"
+    result = cli(server.base_url, prompts, out, 1, "--set", "max_retries=2", *FAST)
+    assert_exit(result, 1)
+    assert "1 requests failed (bad_response: 1)" in result.stderr
+    assert len(server.chat_requests()) == 3  # one request, three attempts
+    failures = [json.loads(line) for line in out.with_name("s.failures.jsonl").read_text().splitlines()]
+    assert [(f["prompt_id"], f["error"]) for f in failures] == [("q0", "bad_response")]
+    manifest = _manifest(out)
+    assert manifest["failures"] == {"bad_response": 1} and manifest["complete"] is False
+
+
+def test_length_is_never_retried(tmp_path, server):
+    prompts = write_jsonl(tmp_path / "p.jsonl", prompt_rows(0, 2))
+    out = tmp_path / "s.jsonl"
+    assert_exit(cli(server.base_url, prompts, out, 1, "--set", "sampling.max_tokens=2", *FAST), 0)
+    assert {s.finish_reason for s in samples(out)} == {"length"}
+    assert len(server.chat_requests()) == 2
+
+
+def test_two_servers_one_dies_mid_run(tmp_path):
+    with FakeOpenAIServer(models=[MODEL], delay=0.02) as a, FakeOpenAIServer(models=[MODEL], delay=0.02) as b:
+        prompts = write_jsonl(tmp_path / "p.jsonl", prompt_rows(0, 60))
+        out = tmp_path / "s.jsonl"
+        killer = threading.Timer(0.3, b.stop)
+        killer.start()
+        urls = f"base_url=[{a.base_url}, {b.base_url}]"
+        result = cli(a.base_url, prompts, out, 1, "--concurrency", "4", "--set", urls, *FAST)
+        killer.join()
+        assert_exit(result, 0)
+        _complete(out, 60)
+        answered_by_b = [r for r in b.chat_requests() if r["status"] == 200]
+        assert answered_by_b, "both servers took requests before one died"
+        assert len(answered_by_b) < 60 and len([r for r in a.chat_requests() if r["status"] == 200]) > 0
+
+
+def test_429s_halve_concurrency():
+    from seqdistill.backends.openai_compat import _AIMD
+
+    limit = _AIMD(16, adaptive=True)
+    limit.on_throttle()
+    assert int(limit.limit) == 8
+    limit.on_throttle()  # within a second of the last cut: not cut again
+    assert int(limit.limit) == 8
+    for _ in range(9):
+        limit.on_success()
+    assert int(limit.limit) == 9  # additive increase: about +1 per `limit` successes
+    fixed = _AIMD(16, adaptive=False)
+    fixed.on_throttle()
+    assert fixed.limit == 16
+
+
+def test_shards_partition_the_prompts(tmp_path, server):
+    prompts = write_jsonl(tmp_path / "p.jsonl", prompt_rows(0, 30))
+    outs = []
+    for i in range(3):
+        out = tmp_path / f"s{i}.jsonl"
+        assert_exit(cli(server.base_url, prompts, out, 1, "--set", f"shard={i}/3"), 0)
+        outs.append({s.prompt_id for s in samples(out)})
+    assert set().union(*outs) == {f"q{i}" for i in range(30)}
+    assert sum(len(o) for o in outs) == 30 and all(outs)  # no overlap, none empty
+    assert len(server.chat_requests()) == 30
+
+
+def test_bad_shard_is_a_config_error(tmp_path, server):
+    prompts = write_jsonl(tmp_path / "p.jsonl", prompt_rows(0, 2))
+    result = cli(server.base_url, prompts, tmp_path / "s.jsonl", 1, "--set", "shard=3/3")
+    assert_exit(result, 1)
+    assert "shard must be 'I/N'" in result.stderr
+
+
+def test_logprobs_are_captured_compactly(tmp_path, server):
+    prompts = write_jsonl(tmp_path / "p.jsonl", prompt_rows(0, 2))
+    out = tmp_path / "s.jsonl"
+    assert_exit(cli(server.base_url, prompts, out, 2, "--set", "logprobs=3"), 0)
+    body = server.chat_requests()[0]["body"]
+    assert body["logprobs"] is True and body["top_logprobs"] == 3
+    for s in samples(out):
+        lp = s.meta["logprobs"]
+        assert lp["tokens"] == s.text.split()
+        assert lp["logprobs"][:2] == [0.0, -0.125]
+        assert [len(t) for t in lp["top"]] == [3] * len(lp["tokens"]) and lp["top"][1][0] == [lp["tokens"][1], -0.125]
+
+
+def test_inline_think_is_split_when_asked():
+    from seqdistill.backends.openai_compat import split_think
+
+    assert split_think("<think>\nadd them\n</think>\n\nThe answer is 7.") == ("add them", "The answer is 7.")
+    assert split_think("<think>never closed") == ("never closed", "")
+    assert split_think("no think here") == (None, "no think here")
+
+
+def test_manifest_records_counts_tokens_and_settings(tmp_path, server):
+    prompts = write_jsonl(tmp_path / "p.jsonl", prompt_rows(0, 3))
+    out = tmp_path / "s.jsonl"
+    assert_exit(cli(server.base_url, prompts, out, 2), 0)
+    m = _manifest(out)
+    assert (m["requested"], m["generated"], m["failed"], m["complete"]) == (6, 6, 0, True)
+    assert m["prompt_tokens"] > 0 and m["completion_tokens"] > 0
+    assert m["teacher"] == {"model": MODEL, "backend": "openai"} and m["sampling"]["temperature"] == 0.7
+    assert m["seqdistill_version"]
