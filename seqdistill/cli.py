@@ -103,6 +103,13 @@ def generate_cmd(
     n: Annotated[int | None, typer.Option(help="Samples per prompt.")] = None,
     limit: Annotated[int | None, typer.Option(help="Use only the first N prompts.")] = None,
     concurrency: Annotated[int | None, typer.Option(help="Requests in flight (openai backend).")] = None,
+    shard: Annotated[str | None, typer.Option(help="I/N: this machine's deterministic 1/N of the prompts.")] = None,
+    max_requests: Annotated[int | None, typer.Option(help="Budget: requests to send this run.")] = None,
+    max_output_tokens: Annotated[int | None, typer.Option(help="Budget: output tokens this run.")] = None,
+    max_cost: Annotated[float | None, typer.Option(help="Budget: cost this run (needs price_* keys).")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Send a small pilot, then project the whole run.")
+    ] = False,
     set_: SetOpt = None,
 ) -> None:
     """Sample the teacher on every prompt; re-running sends only the samples still missing."""
@@ -117,10 +124,20 @@ def generate_cmd(
         "n": n,
         "prompts.limit": limit,
         "concurrency": concurrency,
+        "shard": shard,
+        "max_requests": max_requests,
+        "max_output_tokens": max_output_tokens,
+        "max_cost": max_cost,
     }
-    summary = generate.run(load_stage("generate", config, flags, set_))
+    cfg = load_stage("generate", config, flags, set_)
+    if dry_run:
+        _show("generate --dry-run: pilot and projection for the rest", generate.dry_run(cfg))
+        return
+    summary = generate.run(cfg)
     _show("generate", summary)
     _stopped(summary)
+    if budget := summary.get("budget_reached"):
+        err.print(f"stopped at the {budget} budget; run again (with a larger budget) to continue")
 
 
 @app.command("filter")

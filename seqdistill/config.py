@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from seqdistill.errors import ConfigError
 
@@ -81,6 +81,19 @@ class GenerateConfig(_Config):
     )
     split_think: bool = Field(False, description="Move inline <think>…</think> into reasoning_content.")
     shard: str | None = Field(None, description="'I/N': process a deterministic 1/N of the prompts (I from 0).")
+    max_requests: int | None = Field(None, ge=1, description="Budget: send at most this many requests this run.")
+    max_output_tokens: int | None = Field(None, ge=1, description="Budget: stop after this many output tokens.")
+    max_cost: float | None = Field(
+        None, gt=0, description="Budget: stop when this run's cost reaches this (needs prices)."
+    )
+    price_input_per_m: float = Field(0.0, ge=0, description="Price per million prompt tokens (for cost and max_cost).")
+    price_output_per_m: float = Field(
+        0.0, ge=0, description="Price per million output tokens (for cost and max_cost)."
+    )
+    pilot_prompts: int = Field(5, ge=1, description="--dry-run: how many prompts the pilot sends.")
+    allow_mixed_output: bool = Field(
+        False, description="Let one output hold samples of different teachers or sampling settings."
+    )
     batch_size: int = Field(16, ge=1, description="Samples per forward batch (transformers backend).")
     dtype: str = Field("float32", description="Weights dtype for in-process backends.")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM in-process tensor parallelism.")
@@ -100,6 +113,12 @@ class GenerateConfig(_Config):
         if not (sep and i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
             raise ValueError(f"shard must be 'I/N' with 0 <= I < N, e.g. 0/4 (got {value!r})")
         return value
+
+    @model_validator(mode="after")
+    def _check_budget(self) -> GenerateConfig:
+        if self.max_cost is not None and not (self.price_input_per_m or self.price_output_per_m):
+            raise ValueError("max_cost needs prices: set price_input_per_m and price_output_per_m")
+        return self
 
     @property
     def base_urls(self) -> list[str]:
@@ -156,6 +175,7 @@ class EvalConfig(GenerateConfig):
     output: str = Field("eval.jsonl", description="Per-sample eval results (resumable).")
     n: int = Field(1, ge=1, description="Samples per prompt; pass@1 is averaged over them.")
     check: str = Field("math", description="Answer check, as in filter.")
+    allow_mixed_output: bool = Field(True, description="Eval files hold results of several models (scored by id).")
     prompt: Literal["student", "teacher"] = Field("student", description="Which prompt rendering to send.")
     sampling: EvalSamplingConfig = Field(default_factory=EvalSamplingConfig)
 
@@ -291,3 +311,48 @@ def api_key(cfg: GenerateConfig) -> str:
             f"export {cfg.api_key_env}=<your key>, or unset api_key_env for a local server"
         )
     return value
+
+
+def reference_markdown() -> str:
+    """The config keys as Markdown tables, from the fields' defaults and descriptions (README's reference).
+
+    `python -m seqdistill.config` prints it; a test checks the README holds exactly this text.
+    """
+    sections = [
+        ("pipeline (`seqdistill run`)", PipelineConfig, ""),
+        ("generate", GenerateConfig, ""),
+        ("generate / eval: `prompts.*`", PromptsConfig, "prompts."),
+        ("generate / eval: `sampling.*`", SamplingConfig, "sampling."),
+        ("filter", FilterConfig, ""),
+        ("train", TrainConfig, ""),
+    ]
+    lines: list[str] = []
+    for title, cls, prefix in sections:
+        lines += ["", f"**{title}**", "", "| key | default | meaning |", "|---|---|---|"]
+        lines += [_row(prefix + name, field) for name, field in cls.model_fields.items() if not _is_section(field)]
+    lines += [
+        "",
+        "**eval**: the generate keys, with its own `prompts` and `sampling` (greedy by default, "
+        "`max_tokens` 256), `n` 1, `output` `eval.jsonl`, and:",
+        "",
+        "| key | default | meaning |",
+        "|---|---|---|",
+    ]
+    lines += [_row(name, EvalConfig.model_fields[name]) for name in ("check", "prompt", "allow_mixed_output")]
+    return "\n".join(lines[1:]) + "\n"
+
+
+def _is_section(field: Any) -> bool:
+    return isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+
+
+def _row(key: str, field: Any) -> str:
+    default = field.get_default(call_default_factory=True)
+    shown = "—" if default is None else f"`{default}`"
+    return f"| `{key}` | {shown} | {(field.description or '').replace('|', '/')} |"
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(reference_markdown())

@@ -180,3 +180,88 @@ def test_manifest_records_counts_tokens_and_settings(tmp_path, server):
     assert m["prompt_tokens"] > 0 and m["completion_tokens"] > 0
     assert m["teacher"] == {"model": MODEL, "backend": "openai"} and m["sampling"]["temperature"] == 0.7
     assert m["seqdistill_version"]
+
+
+# --- budgets, dry run, refusing to mix ---------------------------------------------------------------
+
+
+def test_max_requests_stops_cleanly_and_the_next_run_continues(tmp_path, server):
+    prompts = write_jsonl(tmp_path / "p.jsonl", prompt_rows(0, 10))
+    out = tmp_path / "s.jsonl"
+    result = cli(server.base_url, prompts, out, 2, "--max-requests", "4")
+    assert_exit(result, 0)
+    assert "max_requests budget" in result.stderr
+    assert len(server.chat_requests()) == 4 and len(samples(out)) == 8
+    assert _manifest(out)["budget_reached"] == "max_requests"
+    assert_exit(cli(server.base_url, prompts, out, 2), 0)
+    assert len(server.chat_requests()) == 10
+    _complete(out, 10, 2)
+
+
+def test_max_output_tokens_and_max_cost_stop_at_the_bound(tmp_path, server):
+    prompts = write_jsonl(tmp_path / "p.jsonl", prompt_rows(0, 20))
+    out = tmp_path / "s.jsonl"
+    # each answer is 11 words = 11 "tokens" at the fake server. The bound is crossed by the 3rd answer; a request
+    # already in flight then (at most `concurrency` = 1) still completes and is kept
+    result = cli(server.base_url, prompts, out, 1, "--concurrency", "1", "--max-output-tokens", "30")
+    assert_exit(result, 0)
+    assert len(samples(out)) in (3, 4) and _manifest(out)["budget_reached"] == "max_output_tokens"
+    assert len(server.chat_requests()) == len(samples(out))
+    out2 = tmp_path / "s2.jsonl"
+    prices = ("--set", "price_input_per_m=0", "--set", "price_output_per_m=100000")  # $1.1 per answer
+    result = cli(server.base_url, prompts, out2, 1, "--concurrency", "1", "--max-cost", "2", *prices)
+    assert_exit(result, 0)
+    m = _manifest(out2)
+    kept = len(samples(out2))
+    assert m["budget_reached"] == "max_cost" and kept in (2, 3) and m["cost"] == pytest.approx(1.1 * kept)
+
+
+def test_max_cost_without_prices_is_a_config_error(tmp_path, server):
+    prompts = write_jsonl(tmp_path / "p.jsonl", prompt_rows(0, 2))
+    result = cli(server.base_url, prompts, tmp_path / "s.jsonl", 1, "--max-cost", "5")
+    assert_exit(result, 1)
+    assert "max_cost needs prices" in result.stderr
+
+
+def test_dry_run_sends_a_pilot_and_projects_the_rest(tmp_path, server):
+    prompts = write_jsonl(tmp_path / "p.jsonl", prompt_rows(0, 40))
+    out = tmp_path / "s.jsonl"
+    prices = ("--set", "price_input_per_m=1000", "--set", "price_output_per_m=2000")
+    result = cli(server.base_url, prompts, out, 2, "--dry-run", "--set", "pilot_prompts=4", *prices)
+    assert_exit(result, 0)
+    assert len(server.chat_requests()) == 4 and len(samples(out)) == 8  # the pilot's answers are kept
+    from seqdistill.config import load_stage
+    from seqdistill.stages import generate
+
+    flags = {
+        "backend": "openai",
+        "model": MODEL,
+        "base_url": server.base_url,
+        "prompts.source": str(prompts),
+        "output": str(tmp_path / "s3.jsonl"),
+        "n": 2,
+        "pilot_prompts": 4,
+        "price_output_per_m": 2000,
+    }
+    projection = generate.dry_run(load_stage("generate", None, flags))
+    assert projection["remaining_requests"] == 36 and projection["remaining_samples"] == 72
+    assert projection["projected_output_tokens"] == pytest.approx(72 * 11, rel=0.1)
+    assert projection["projected_cost"] == pytest.approx(projection["projected_output_tokens"] * 2000 / 1e6)
+    assert projection["pilot_truncation_rate"] == 0
+    assert "projected_cost" in result.stdout
+
+
+def test_a_different_teacher_or_sampling_refuses_to_mix(tmp_path, server):
+    prompts = write_jsonl(tmp_path / "p.jsonl", prompt_rows(0, 2))
+    out = tmp_path / "s.jsonl"
+    assert_exit(cli(server.base_url, prompts, out, 1), 0)
+    before = out.read_bytes()
+    result = cli(server.base_url, prompts, out, 1, "--set", "sampling.temperature=0.2")
+    assert_exit(result, 1)
+    assert "holds samples of another teacher or sampling" in result.stderr and "new --output" in result.stderr
+    assert out.read_bytes() == before and len(server.chat_requests()) == 2
+    assert_exit(
+        cli(server.base_url, prompts, out, 1, "--set", "sampling.temperature=0.2", "--set", "allow_mixed_output=true"),
+        0,
+    )
+    assert len(samples(out)) == 4

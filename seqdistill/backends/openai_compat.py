@@ -36,6 +36,8 @@ from seqdistill.errors import BackendError
 
 log = logging.getLogger(__name__)
 _DONE = object()
+# a refused or unresolvable connection (nobody there), as opposed to a dropped one (a server that is up)
+_UNREACHABLE = re.compile(r"Cannot connect|Connect call failed|connection attempts failed|refused|not known|servname")
 _THINK = re.compile(r"^\s*<think>(.*?)(?:</think>|$)(.*)$", re.DOTALL)
 
 
@@ -159,13 +161,13 @@ class OpenAIBackend(Backend):
             except _GiveUp as e:
                 return [Failure(req, e.args[0], e.args[1])]
             except _Retryable as e:
-                kind, detail, wait = e.kind, e.detail, e.wait
+                kind, detail, wait, unreachable = e.kind, e.detail, e.wait, e.unreachable
             finally:
                 server.in_flight -= 1
                 self._limit.release()
-            others_up = any(s.up() for s in servers)
+            others_up = any(s.up() for s in servers if s is not server)
             if (
-                kind == "connection"
+                unreachable  # nobody listening, not a dropped connection
                 and not self._answered
                 and not others_up
                 and attempt >= min(1, self.cfg.max_retries)
@@ -198,12 +200,12 @@ class OpenAIBackend(Backend):
         except openai.APITimeoutError as e:
             if type(e.__cause__ or e.__context__).__name__ != "ConnectTimeout":
                 raise _Retryable("timeout", f"no answer within {self.cfg.timeout:g}s") from None
-            # the aiohttp transport reports a refused connection as a connect timeout: the server is not there
+            # the aiohttp transport reports refused and dropped connections alike as connect timeouts
             server.fail(self.cfg.server_cooldown)
-            raise _Retryable("connection", _cause(e)) from None
+            raise _connection_error(e) from None
         except openai.APIConnectionError as e:
             server.fail(self.cfg.server_cooldown)
-            raise _Retryable("connection", _cause(e)) from None
+            raise _connection_error(e) from None
         except openai.APIError as e:  # e.g. a 200 whose body is not a chat completion
             raise _Retryable("bad_response", f"{type(e).__name__}: {str(e)[:200]}") from None
         return resp
@@ -289,9 +291,14 @@ class OpenAIBackend(Backend):
 
 
 class _Retryable(Exception):
-    def __init__(self, kind: str, detail: str, wait: float | None = None):
+    def __init__(self, kind: str, detail: str, wait: float | None = None, unreachable: bool = False):
         super().__init__(kind, detail)
-        self.kind, self.detail, self.wait = kind, detail, wait
+        self.kind, self.detail, self.wait, self.unreachable = kind, detail, wait, unreachable
+
+
+def _connection_error(e: Exception) -> _Retryable:
+    cause = _cause(e)
+    return _Retryable("connection", cause, unreachable=_UNREACHABLE.search(cause) is not None)
 
 
 class _Server:

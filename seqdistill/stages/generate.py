@@ -22,7 +22,7 @@ from typing import Any
 from seqdistill import __version__
 from seqdistill.backends import Failure, Request, Result, create_backend
 from seqdistill.config import GenerateConfig
-from seqdistill.errors import BackendError
+from seqdistill.errors import BackendError, ConfigError
 from seqdistill.io import SampleWriter, read_samples, repair_tail, write_json
 from seqdistill.models import model_identity
 from seqdistill.progress import progress_bar
@@ -68,11 +68,16 @@ def in_shard(prompt_id: str, shard: str | None) -> bool:
     return int(hashlib.sha256(prompt_id.encode()).hexdigest()[:16], 16) % n == i
 
 
-def existing_ids(path: Path) -> set[str]:
+def read_output(path: Path) -> tuple[set[str], set[tuple[str, str]]]:
+    """Ids already in the output, and the distinct (teacher model, sampling) they were made with."""
     if not path.exists():
-        return set()
+        return set(), set()
     repair_tail(path)
-    return {s.id for s in read_samples(path)}
+    ids, settings = set(), set()
+    for s in read_samples(path):
+        ids.add(s.id)
+        settings.add((s.teacher.model, json.dumps(s.sampling, sort_keys=True)))
+    return ids, settings
 
 
 def side_path(output: Path, kind: str) -> Path:
@@ -80,19 +85,82 @@ def side_path(output: Path, kind: str) -> Path:
     return output.with_name(f"{output.stem}.{kind}")
 
 
-def run(cfg: GenerateConfig, use_student_prompt: bool = False) -> dict[str, Any]:
-    """Generate every missing sample of `cfg` into `cfg.output`; return counts for the summary."""
-    output = Path(cfg.output)
+def _refuse_mixing(cfg: GenerateConfig, settings: set[tuple[str, str]]) -> None:
+    ours = (cfg.model or "", json.dumps(sampling_key(cfg), sort_keys=True))
+    others = settings - {ours}
+    if others and not cfg.allow_mixed_output:
+        model, sampling = sorted(others)[0]
+        raise ConfigError(
+            f"{cfg.output} holds samples of another teacher or sampling (model {model!r}, sampling {sampling}); "
+            f"this run asks for model {ours[0]!r}, sampling {ours[1]}: choose a new --output "
+            "(or --set allow_mixed_output=true to add to it)"
+        )
+
+
+def pending_requests(cfg: GenerateConfig, use_student_prompt: bool = False):
+    """(prompts, ids, done ids, the requests still to send), refusing an output made with other settings."""
     prompts, ids = plan(cfg, use_student_prompt)
-    done = existing_ids(output)
+    done, settings = read_output(Path(cfg.output))
+    _refuse_mixing(cfg, settings)
     missing: dict[str, list[int]] = {}
     for (pid, idx), sid in ids.items():
         if sid not in done:
             missing.setdefault(pid, []).append(idx)
     by_id = {p.id: p for p in prompts}
     requests = [Request(pid, by_id[pid].teacher_messages, idxs) for pid, idxs in missing.items()]
-    summary: dict[str, Any] = {
-        "output": str(output),
+    return prompts, ids, done, requests
+
+
+def run(cfg: GenerateConfig, use_student_prompt: bool = False) -> dict[str, Any]:
+    """Generate every missing sample of `cfg` into `cfg.output` (within the budgets); return counts."""
+    prompts, ids, done, requests = pending_requests(cfg, use_student_prompt)
+    summary = _summary_start(cfg, prompts, ids, requests)
+    if other := len(done - set(ids.values())):
+        log.info("%s: %d samples from other prompts are left as they are", cfg.output, other)
+    if cfg.max_requests is not None and len(requests) > cfg.max_requests:
+        log.info(
+            "max_requests %d: sending %d of %d requests this run", cfg.max_requests, cfg.max_requests, len(requests)
+        )
+        requests = requests[: cfg.max_requests]
+        summary["budget_reached"] = "max_requests"
+    if not requests:
+        log.info("%s: all %d samples already present; nothing to send", cfg.output, len(ids))
+        return summary
+    _execute(cfg, requests, {p.id: p for p in prompts}, ids, summary)
+    return summary
+
+
+def dry_run(cfg: GenerateConfig) -> dict[str, Any]:
+    """Send a pilot of a few prompts (kept in the output), then project requests, tokens, cost and time."""
+    prompts, ids, done, requests = pending_requests(cfg)
+    pilot = requests[: cfg.pilot_prompts]
+    summary = _summary_start(cfg, prompts, ids, pilot)
+    if pilot:
+        _execute(cfg, pilot, {p.id: p for p in prompts}, ids, summary)
+    samples = max(summary["generated"], 1)
+    remaining = requests[len(pilot) :]
+    rest_samples = sum(r.n for r in remaining)
+    per_sample_in = summary["prompt_tokens"] / samples
+    per_sample_out = summary["completion_tokens"] / samples
+    waves = -(-len(remaining) // cfg.concurrency) if cfg.backend == "openai" else len(remaining)
+    pilot_waves = -(-len(pilot) // cfg.concurrency) if cfg.backend == "openai" else len(pilot)
+    return {
+        "pilot_requests": len(pilot),
+        "pilot_samples": summary["generated"],
+        "pilot_truncation_rate": round(summary["truncated"] / samples, 4),
+        "pilot_seconds": summary.get("seconds", 0.0),
+        "remaining_requests": len(remaining),
+        "remaining_samples": rest_samples,
+        "projected_prompt_tokens": round(per_sample_in * rest_samples),
+        "projected_output_tokens": round(per_sample_out * rest_samples),
+        "projected_cost": round(_cost(cfg, per_sample_in * rest_samples, per_sample_out * rest_samples), 4),
+        "projected_seconds": round(summary.get("seconds", 0.0) / max(pilot_waves, 1) * waves, 1),
+    }
+
+
+def _summary_start(cfg, prompts, ids, requests) -> dict[str, Any]:
+    return {
+        "output": str(cfg.output),
         "prompts": len(prompts),
         "requested": len(ids),
         "already_done": len(ids) - sum(r.n for r in requests),
@@ -101,18 +169,30 @@ def run(cfg: GenerateConfig, use_student_prompt: bool = False) -> dict[str, Any]
         "failed": 0,
         "interrupted": False,
     }
-    if other := len(done - set(ids.values())):
-        log.info("%s: %d samples from other prompts or settings are left as they are", output, other)
-    if not requests:
-        log.info("%s: all %d samples already present; nothing to send", output, len(ids))
-        return summary
+
+
+def _cost(cfg: GenerateConfig, prompt_tokens: float, output_tokens: float) -> float:
+    return (prompt_tokens * cfg.price_input_per_m + output_tokens * cfg.price_output_per_m) / 1e6
+
+
+def _over_budget(cfg: GenerateConfig, tally: _Tally) -> str | None:
+    if cfg.max_output_tokens is not None and tally.completion_tokens >= cfg.max_output_tokens:
+        return "max_output_tokens"
+    if cfg.max_cost is not None and _cost(cfg, tally.prompt_tokens, tally.completion_tokens) >= cfg.max_cost:
+        return "max_cost"
+    return None
+
+
+def _execute(cfg: GenerateConfig, requests: list[Request], by_id, ids, summary: dict[str, Any]) -> None:
+    """Send `requests`, append each sample as it arrives; Ctrl-C and budgets stop sending, in-flight is kept."""
+    output = Path(cfg.output)
     start = time.monotonic()
     backend = create_backend(cfg)
-    tally = _Tally()
+    tally = _Tally(cfg)
+    budget = None
     try:
         with SampleWriter(output) as writer, _ctrl_c(cfg.shutdown_timeout) as stop:
-            total = sum(r.n for r in requests)
-            with progress_bar(total, f"generate ({cfg.backend})") as bar:
+            with progress_bar(sum(r.n for r in requests), f"generate ({cfg.backend})") as bar:
                 for item in backend.generate(requests, stop):
                     if isinstance(item, Failure):
                         tally.failed(item, side_path(output, "failures.jsonl"))
@@ -121,7 +201,10 @@ def run(cfg: GenerateConfig, use_student_prompt: bool = False) -> dict[str, Any]
                         tally.sample(item)
                         bar.advance()
                     bar.status(tally.line(backend.stats(), time.monotonic() - start))
-            summary["interrupted"] = stop.is_set()
+                    if budget is None and (budget := _over_budget(cfg, tally)):
+                        log.warning("budget %s reached: no new requests; finishing those in flight", budget)
+                        stop.set()
+            summary["interrupted"] = stop.is_set() and budget is None
     except KeyboardInterrupt:
         raise Interrupted(
             f"aborted: {tally.samples} new samples kept in {output}; run the same command to resume"
@@ -129,6 +212,8 @@ def run(cfg: GenerateConfig, use_student_prompt: bool = False) -> dict[str, Any]
     finally:
         backend.close()
         summary.update(tally.summary(time.monotonic() - start))
+        if budget:
+            summary["budget_reached"] = budget
         _write_manifest(cfg, summary, backend.stats())
     if summary["failed"] and not summary["interrupted"]:  # interrupted runs report "stopped" and exit 130 instead
         kinds = ", ".join(f"{k}: {v}" for k, v in sorted(tally.failures.items()))
@@ -136,21 +221,22 @@ def run(cfg: GenerateConfig, use_student_prompt: bool = False) -> dict[str, Any]
             f"{summary['failed']} requests failed ({kinds}); {summary['generated']} samples were written to {output}; "
             "run the same command again to retry only the failed ones"
         )
-    return summary
 
 
 class _Tally:
     """Counts for the progress line, the summary and the manifest."""
 
-    def __init__(self):
-        self.samples = self.truncated = self.prompt_tokens = self.completion_tokens = 0
+    def __init__(self, cfg: GenerateConfig):
+        self.cfg = cfg
+        self.samples = self.truncated = 0
+        self.prompt_tokens = self.completion_tokens = 0.0
         self.failures: Counter[str] = Counter()
 
     def sample(self, result: Result) -> None:
         self.samples += 1
         self.truncated += result.finish_reason == "length"
         usage = result.usage
-        self.prompt_tokens += usage.get("prompt_tokens") or 0
+        self.prompt_tokens += (usage.get("prompt_tokens") or 0) / max(1, result.request.n)  # once per request
         completion = usage.get("completion_tokens")
         if completion is None and usage.get("request_completion_tokens") is not None:
             completion = usage["request_completion_tokens"] / max(1, result.request.n)
@@ -170,6 +256,8 @@ class _Tally:
 
     def line(self, stats: dict[str, Any], elapsed: float) -> str:
         parts = [f"{self.completion_tokens / max(elapsed, 1e-9):.0f} tok/s"]
+        if self.cfg.price_input_per_m or self.cfg.price_output_per_m:
+            parts.append(f"${_cost(self.cfg, self.prompt_tokens, self.completion_tokens):.4f}")
         if self.samples:
             parts.append(f"trunc {self.truncated / self.samples:.0%}")
         if retries := stats.get("retries"):
@@ -186,8 +274,9 @@ class _Tally:
             "truncated": self.truncated,
             "failed": sum(self.failures.values()),
             "failures": dict(self.failures),
-            "prompt_tokens": self.prompt_tokens,
+            "prompt_tokens": round(self.prompt_tokens),
             "completion_tokens": round(self.completion_tokens),
+            "cost": round(_cost(self.cfg, self.prompt_tokens, self.completion_tokens), 6),
             "seconds": round(seconds, 2),
             "samples_per_s": round(self.samples / max(seconds, 1e-9), 3),
         }
