@@ -265,3 +265,35 @@ def test_a_different_teacher_or_sampling_refuses_to_mix(tmp_path, server):
         0,
     )
     assert len(samples(out)) == 4
+
+
+# --- kill -9 ------------------------------------------------------------------------------------------
+
+
+def test_kill_9_then_resume_loses_nothing_and_duplicates_nothing(tmp_path, server):
+    """SIGKILL mid-run (no handler runs): every written sample survives whole; the restart sends only the rest."""
+    import signal
+
+    from tests.test_generate_openai import line_count, spawn, wait_for
+
+    server.delay = 0.05
+    prompts = write_jsonl(tmp_path / "p.jsonl", prompt_rows(0, 60))
+    out = tmp_path / "s.jsonl"
+    proc = spawn(server.base_url, prompts, out, 2, "--concurrency", "4")
+    wait_for(lambda: line_count(out) >= 10, 30, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert proc.returncode == -signal.SIGKILL
+    first = server.chat_requests()
+    written_before = {s.prompt_id for s in samples(out)}  # a torn last line would fail validation here
+    assert 5 <= len(written_before) < 60
+    server.delay = 0.0
+    proc = spawn(server.base_url, prompts, out, 2, "--concurrency", "4")
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    _complete(out, 60, 2)
+    resent = {r["body"]["messages"][-1]["content"].split()[2] for r in server.chat_requests()[len(first) :]}
+    assert not {f"q{i}" for i in resent} & written_before  # nothing already written was paid for again
+    answered_not_written = {r["body"]["messages"][-1]["content"].split()[2] for r in first if r["answered"]}
+    # only answers in flight at the kill (at most `concurrency`) can have been answered but not written
+    assert len({f"q{i}" for i in answered_not_written} - written_before) <= 4
