@@ -124,7 +124,7 @@ def test_sample_writer_appends_across_opens(tmp_path):
     with SampleWriter(path) as w:
         w.write(Sample.model_validate(make_sample("p1")))
         assert w.written == 1
-    with SampleWriter(path, fsync=False) as w:
+    with SampleWriter(path, fsync_interval=0) as w:
         w.write(Sample.model_validate(make_sample("p2")))
         w.write(Sample.model_validate(make_sample("p3")))
         assert w.written == 2
