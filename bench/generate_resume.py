@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     total = args.prompts * args.n
 
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "SEQDISTILL_DEBUG")}
-    env.update(SEQDISTILL_NO_PROGRESS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    env.update(SEQDISTILL_NO_PROGRESS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
     if args.src:
         env["PYTHONPATH"] = str(Path(args.src).resolve()) + os.pathsep + env.get("PYTHONPATH", "")
     port = free_port()
@@ -139,10 +139,17 @@ def main(argv: list[str] | None = None) -> None:
             deadline = time.monotonic() + args.round_timeout
             t_kill = None
             while proc.poll() is None:
-                if time.monotonic() > deadline:
-                    proc.kill()
-                    proc.wait()
-                    raise RuntimeError(f"round {k}: generate did not finish in {args.round_timeout} s")
+                if time.monotonic() > deadline:  # hung: SIGABRT makes faulthandler print every thread's stack
+                    proc.send_signal(signal.SIGABRT)
+                    try:
+                        proc.wait(timeout=5)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+                    raise RuntimeError(
+                        f"round {k}: generate did not finish in {args.round_timeout} s "
+                        f"({counter.poll()} of {total} samples written); its stderr:\n{err.read_text()[-6000:]}"
+                    )
                 if kill and counter.poll() >= target:
                     time.sleep(jitter)
                     t_kill = time.time()

@@ -340,8 +340,7 @@ def main(argv: list[str] | None = None) -> None:
         print("# generate throughput: seqdistill (ledger on) vs a bare aiohttp client")
         print(
             f"python {platform.python_version()}, openai {openai.__version__}, aiohttp {aiohttp.__version__}, "
-            f"seqdistill from {Path(seqdistill.__file__).parent}"
-            + ("" if args.src else f" (git {git_state()})")
+            f"seqdistill from {Path(seqdistill.__file__).parent}" + ("" if args.src else f" (git {git_state()})")
         )
         print(f"CPUs {cpus}: server pinned to {server_core}, client to {client_core}")
         print(

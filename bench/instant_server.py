@@ -4,7 +4,7 @@
 
 Listens on 127.0.0.1 only. `POST /v1/chat/completions` answers every request with `n` choices of a fixed
 short content, `finish_reason` "stop" and a `usage` block; any model name is accepted. `GET /v1/models`
-and `GET /health` exist for readiness checks. The response bytes are built once per (model, n) and
+and `GET /health` exist for readiness checks; `GET /stats` gives the request count and how many wait in `--delay`. The response bytes are built once per (model, n) and
 reused, so the server spends as little CPU per request as aiohttp allows (the benches pin it to its own
 core so it does not compete with the client it measures).
 
@@ -36,7 +36,8 @@ class InstantServer:
         self.delay = delay
         self.log = open(log_path, "a", encoding="utf-8", buffering=1) if log_path else None  # noqa: SIM115
         self._cache: dict[tuple[str, int], bytes] = {}
-        self.count = 0
+        self.count = 0  # chat requests whose body was read
+        self.in_flight = 0  # of which not yet answered
 
     def _body(self, model: str, n: int) -> bytes:
         key = (model, n)
@@ -81,7 +82,11 @@ class InstantServer:
             return web.json_response({"error": {"message": "bad request body", "code": 400}}, status=400)
         self.count += 1
         if self.delay > 0:
-            await asyncio.sleep(self.delay)
+            self.in_flight += 1
+            try:
+                await asyncio.sleep(self.delay)
+            finally:
+                self.in_flight -= 1
         response = web.Response(body=self._body(model, n), content_type="application/json")
         if self.log is None:
             return response
@@ -105,12 +110,16 @@ class InstantServer:
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
+    async def stats(self, request: web.Request) -> web.Response:
+        return web.json_response({"chat_requests": self.count, "in_flight": self.in_flight})
+
 
 def make_app(server: InstantServer) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/v1/chat/completions", server.chat)
     app.router.add_get("/v1/models", server.models)
     app.router.add_get("/health", server.health)
+    app.router.add_get("/stats", server.stats)
     return app
 
 
