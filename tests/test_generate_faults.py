@@ -164,7 +164,7 @@ def test_logprobs_are_captured_compactly(tmp_path, server):
 
 
 def test_inline_think_is_split_when_asked():
-    from seqdistill.backends.openai_compat import split_think
+    from seqdistill.backends.base import split_think
 
     assert split_think("<think>\nadd them\n</think>\n\nThe answer is 7.") == ("add them", "The answer is 7.")
     assert split_think("<think>never closed") == ("never closed", "")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -9,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from seqdistill.config import GenerateConfig
+
+_THINK = re.compile(r"^\s*<think>(.*?)(?:</think>|$)(.*)$", re.DOTALL)
 
 
 @dataclass
@@ -70,3 +73,17 @@ class Backend(ABC):
 
     def close(self) -> None:  # noqa: B027  (optional hook: most backends hold nothing to release)
         """Release resources (threads, sessions, GPU memory)."""
+
+
+def split_think(text: str) -> tuple[str | None, str]:
+    """Inline `<think>…</think>answer` -> (reasoning, answer); an unclosed think block is all reasoning.
+
+    >>> split_think("<think>6*7</think>\\n42")
+    ('6*7', '42')
+    >>> split_think("42")
+    (None, '42')
+    """
+    m = _THINK.match(text)
+    if not m:
+        return None, text
+    return m.group(1).strip(), m.group(2).strip()

@@ -30,7 +30,7 @@ from typing import Any
 
 import openai
 
-from seqdistill.backends.base import Backend, Failure, Request, Result
+from seqdistill.backends.base import Backend, Failure, Request, Result, split_think
 from seqdistill.config import api_key
 from seqdistill.errors import BackendError
 
@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 _DONE = object()
 # a refused or unresolvable connection (nobody there), as opposed to a dropped one (a server that is up)
 _UNREACHABLE = re.compile(r"Cannot connect|Connect call failed|connection attempts failed|refused|not known|servname")
-_THINK = re.compile(r"^\s*<think>(.*?)(?:</think>|$)(.*)$", re.DOTALL)
 
 
 class _GiveUp(Exception):
@@ -425,20 +424,6 @@ def _retry_after(e: openai.APIStatusError) -> float | None:
     except ValueError:
         when = email.utils.parsedate_to_datetime(value)
         return max(0.0, when.timestamp() - time.time()) if when else None
-
-
-def split_think(text: str) -> tuple[str | None, str]:
-    """Inline `<think>…</think>answer` -> (reasoning, answer); an unclosed think block is all reasoning.
-
-    >>> split_think("<think>6*7</think>\\n42")
-    ('6*7', '42')
-    >>> split_think("42")
-    (None, '42')
-    """
-    m = _THINK.match(text)
-    if not m:
-        return None, text
-    return m.group(1).strip(), m.group(2).strip()
 
 
 def _compact_logprobs(logprobs: Any) -> dict[str, Any] | None:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import vllm  # noqa: F401  (ImportError here becomes "needs pip install 'seqdistill[vllm]'")
 
-from seqdistill.backends.base import Backend, Request, Result
+from seqdistill.backends.base import Backend, Request, Result, split_think
 from seqdistill.models import resolve_model
 
 
@@ -46,6 +46,7 @@ class VLLMBackend(Backend):
                     max_tokens=s.max_tokens,
                     seed=s.seed,
                     stop=s.stop,
+                    logprobs=self.cfg.logprobs,
                 )
                 for req in part
             ]
@@ -56,4 +57,29 @@ class VLLMBackend(Backend):
                         "prompt_tokens": len(out.prompt_token_ids),
                         "completion_tokens": len(completion.token_ids),
                     }
-                    yield Result(req, idx, completion.text, completion.finish_reason, None, usage)
+                    text, reasoning = completion.text, None
+                    if self.cfg.split_think:
+                        reasoning, text = split_think(text)
+                    logprobs = (
+                        _compact_logprobs(completion.token_ids, completion.logprobs, self.cfg.logprobs)
+                        if self.cfg.logprobs is not None
+                        else None
+                    )
+                    yield Result(req, idx, text, completion.finish_reason, reasoning, usage, logprobs)
+
+
+def _compact_logprobs(token_ids, steps, k: int) -> dict | None:
+    """vLLM's per-step {token_id: Logprob} dicts -> the same compact form as the openai backend's.
+
+    A step holds the top-k tokens and the sampled one (which may rank below k): `top` keeps the top k.
+    """
+    if not steps:
+        return None
+    tokens, logprobs, top = [], [], []
+    for token_id, step in zip(token_ids, steps, strict=False):
+        chosen = step[token_id]  # the sampled token is always in its step's dict
+        tokens.append(chosen.decoded_token)
+        logprobs.append(round(chosen.logprob, 4))
+        ranked = sorted((lp for lp in step.values() if lp.rank is not None and lp.rank <= k), key=lambda lp: lp.rank)
+        top.append([[lp.decoded_token, round(lp.logprob, 4)] for lp in ranked])
+    return {"tokens": tokens, "logprobs": logprobs, "top": top}

@@ -56,6 +56,8 @@ def test_vllm_backend_generates_every_sample_once_and_resumes(tmp_path):
         "sampling.max_tokens=24",
         "--set",
         "engine_args={gpu_memory_utilization: 0.3, max_model_len: 1024, enforce_eager: true}",
+        "--set",
+        "logprobs=3",
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "SEQDISTILL_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
     env.pop("VIRTUAL_ENV", None)
@@ -69,6 +71,10 @@ def test_vllm_backend_generates_every_sample_once_and_resumes(tmp_path):
         assert s.teacher.backend == "vllm" and s.finish_reason in ("stop", "length")
         assert s.usage.prompt_tokens and s.usage.completion_tokens and s.usage.completion_tokens <= 24
         assert s.text.strip()
+        lp = s.meta["logprobs"]  # top-3 teacher logprobs per generated token
+        assert len(lp["tokens"]) == len(lp["logprobs"]) == len(lp["top"]) == s.usage.completion_tokens
+        assert all(len(top) == 3 and top[0][1] >= top[-1][1] for top in lp["top"])
+        assert all(x <= 0 for x in lp["logprobs"])
     before = out.read_bytes()
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
