@@ -11,11 +11,14 @@ complete lines (plus a random 0-20 ms), and starts it again; after the last kill
 finish, and must exit 0.
 
 Then it checks the output: every (prompt, sample index) present exactly once, every line a valid JSON
-record, ids unique. Against the server's log it reports, per kill: requests in flight at the kill
-(received, not yet answered), requests answered before the kill, samples durable in the output after
-the kill, and duplicates: requests the server answered in that round that a later round sent again
-(answered, so paid for, but not durable when the process died). In-flight requests that the server
-never answered are re-sent too; those are not duplicates (nothing was delivered). Not a test.
+record, ids unique. Against the server's log (server clock = this machine's clock) it reports, per
+kill: requests answered before the kill (the server had written the answer), requests in flight at
+the kill (received, answer not yet written), requests cut before their body arrived, complete lines
+in the output after the kill, and duplicates: answered before the kill and sent again by a later run,
+i.e. paid for twice. An answer the server has written may still sit unread in the client's socket, or
+in its queue to the writer, when the kill lands: those are the duplicates. In-flight requests are sent
+again too, but were never delivered (a real server would have stopped or finished them: partly paid).
+Not a test; not run by CI.
 """
 
 from __future__ import annotations
@@ -34,9 +37,15 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generate_throughput import MODEL, free_port, question, start_server, stop_server, write_prompts  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
+from generate_throughput import (  # noqa: E402
+    MODEL,
+    free_port,
+    git_state,
+    question,
+    start_server,
+    stop_server,
+    write_prompts,
+)
 
 
 class LineCounter:
@@ -114,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         "--n", str(args.n), "--concurrency", str(args.concurrency),
     ]  # fmt: skip
 
-    server = start_server(port, None, delay=args.delay, log=log)
+    server = start_server(port, None, workdir / "server.out", delay=args.delay, log=log)
     rounds: list[dict] = []  # one per generate process
     procs: list[subprocess.Popen] = []
     counter = LineCounter(output)
@@ -125,6 +134,7 @@ def main(argv: list[str] | None = None) -> None:
             f"server delay {args.delay * 1000:g} ms, {args.rounds} kills, seed {args.seed}"
         )
         print("command: " + " ".join(cmd[1:]))
+        print(f"seqdistill from {args.src}" if args.src else f"seqdistill from the repo (git {git_state()})")
         k = 0
         while True:
             counter.reset()
@@ -168,19 +178,25 @@ def main(argv: list[str] | None = None) -> None:
                     raise RuntimeError(f"round {k}: generate exited {rc}:\n{err.read_text()[-3000:]}")
                 break
             k += 1
+    except BaseException:
+        print(f"{workdir} kept for inspection (output, server log, each run's stderr)", file=sys.stderr)
+        raise
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        stop_server(server)
+        server_out = stop_server(server)
 
-    report(rounds, read_log(log), output, args, total)
-    if own_workdir:
+    ok = report(rounds, read_log(log), output, args, total, server_out)
+    if own_workdir and ok:
         shutil.rmtree(workdir, ignore_errors=True)
+    if not ok:
+        print(f"{workdir} kept for inspection", file=sys.stderr)
+        sys.exit(1)
 
 
-def report(rounds: list[dict], log: list[dict], output: Path, args, total: int) -> None:
+def report(rounds: list[dict], log: list[dict], output: Path, args, total: int, server_out: str) -> bool:
     # --- the output: every sample exactly once ---
     keys: Counter = Counter()
     ids: Counter = Counter()
@@ -204,47 +220,59 @@ def report(rounds: list[dict], log: list[dict], output: Path, args, total: int) 
     for r in rounds:
         r["log"] = log[start : r["log_end"]]
         start = r["log_end"]
-    q_of = {question(i): i for i in range(args.prompts)}
     print()
-    print("| run | exit | samples before | complete lines after | requests sent | answered | in flight at kill "
-          "| answered, then re-sent (duplicates) | unanswered, re-sent |")  # fmt: skip
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
-    total_dup = total_unanswered = 0
+    print(
+        "| run | exit | samples before | complete lines after | requests received | answered before the kill "
+        "| in flight at the kill | cut before the body | duplicates: answered before the kill, sent again "
+        "| in flight at the kill, sent again |"
+    )
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    totals = Counter()
     for i, r in enumerate(rounds):
-        later = Counter(e["q"] for later in rounds[i + 1 :] for e in later["log"])
-        answered = [e for e in r["log"] if e["answered"]]
-        dup = sum(1 for e in answered if e["q"] in later)
-        unanswered_resent = sum(1 for e in r["log"] if not e["answered"] and e["q"] in later)
-        total_dup += dup
-        total_unanswered += unanswered_resent
-        in_flight = "-"
-        if r["kill"] is not None:
-            in_flight = str(sum(1 for e in r["log"] if e["recv"] <= r["kill"] < e["done"]))
+        later = {e["q"] for nxt in rounds[i + 1 :] for e in nxt["log"] if e["q"] is not None}
+        entries = [e for e in r["log"] if e["q"] is not None]
+        cut = len(r["log"]) - len(entries)
+        if r["kill"] is None:  # the run that finished: everything it was sent it answered
+            answered, in_flight = [e for e in entries if e["answered"]], []
+        else:
+            answered = [e for e in entries if e["done"] < r["kill"]]
+            in_flight = [e for e in entries if e["done"] >= r["kill"]]
+        dup = sum(e["q"] in later for e in answered)
+        resent = sum(e["q"] in later for e in in_flight)
+        totals.update(dup=dup, resent=resent, cut=cut, kills=r["kill"] is not None)
         exit_ = "SIGKILL" if r["kill"] is not None else str(r["rc"])
+        flight = len(in_flight) if r["kill"] is not None else "-"
         print(
             f"| {r['k'] + 1} | {exit_} | {r['before']} | {r['after']} | {len(r['log'])} | {len(answered)} "
-            f"| {in_flight} | {dup} | {unanswered_resent} |"
+            f"| {flight} | {cut} | {dup} | {resent} |"
         )
-    per_q = Counter(e["q"] for e in log)
-    answered_twice = sum(1 for c in Counter(e["q"] for e in log if e["answered"]).values() if c > 1)
+        if r["kill"] is not None:
+            r["dup"] = dup
+    chat = [e for e in log if e["q"] is not None]
+    per_q = Counter(e["q"] for e in chat)
+    q_of = {question(i) for i in range(args.prompts)}
     unknown = sum(1 for q in per_q if q not in q_of)
     print()
     print(
-        f"kills: {sum(r['kill'] is not None for r in rounds)}; generate runs: {len(rounds)}; "
-        f"requests sent in all: {len(log)} for {args.prompts} prompts ({len(log) - args.prompts} extra)"
+        f"kills: {totals['kills']}; generate runs: {len(rounds)}; chat requests with a body: {len(chat)} for "
+        f"{args.prompts} prompts ({len(chat) - args.prompts} more than once), plus {totals['cut']} cut by a kill "
+        "before their body arrived"
     )
     print(
-        f"duplicates (answered by the server, then requested again by a later run): {total_dup}; "
-        f"prompts answered more than once: {answered_twice}; unanswered in-flight requests re-sent: "
-        f"{total_unanswered}; requests for unknown prompts: {unknown}"
+        f"duplicates (answered before a kill, then sent again: paid twice): {totals['dup']} in all, per kill "
+        f"{[r['dup'] for r in rounds if 'dup' in r]}; in flight at a kill and sent again (never delivered): "
+        f"{totals['resent']}; prompts requested more than once: {sum(c > 1 for c in per_q.values())}; "
+        f"requests for unknown prompts: {unknown}"
     )
+    errors = server_out.count("Error handling request")
+    if errors:
+        print(f"server: {errors} requests dropped by a killed client while the server read them (aiohttp tracebacks)")
     print(
         f"output: {sum(keys.values())} lines for {total} expected samples; missing {len(missing)}, "
         f"present more than once {len(doubled)}, unexpected {len(extra)}, unreadable lines {bad_lines}, "
         f"distinct ids {len(ids)} -> {'OK: every sample exactly once' if ok else 'FAILED'}"
     )
-    if not ok:
-        sys.exit(1)
+    return ok
 
 
 if __name__ == "__main__":

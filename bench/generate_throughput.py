@@ -1,7 +1,7 @@
 """Throughput of `seqdistill generate` (openai backend, ledger on) against a bare asyncio + aiohttp client.
 
     .venv/bin/python bench/generate_throughput.py [--requests 3000] [--concurrency 256] [--repeats 1]
-        [--src DIR] [--profile]
+        [--src DIR] [--sdk] [--profile]
 
 Starts `bench/instant_server.py` on 127.0.0.1 in a subprocess pinned to one core and pins this process
 (the client: seqdistill's event-loop thread and its writer, or the bare client) to another. Then, in one
@@ -12,10 +12,13 @@ run, sends `--requests` requests at `--concurrency` through:
   When `GenerateConfig` has an `http_client` field, once per transport ("httpx", "aiohttp").
 - bare: one `aiohttp.ClientSession`, `--concurrency` worker coroutines posting the same request bodies
   and parsing the answers; nothing written.
+- with `--sdk`: the openai SDK's `AsyncOpenAI` alone (same workers, no seqdistill), with its default
+  httpx transport and with `openai.DefaultAioHttpClient()`: what any design built on the SDK can reach.
 
 Prints requests/s (wall) and client CPU ms per request (`time.process_time()`, all threads of this
-process) for each, and seqdistill/bare. `--profile` runs seqdistill once more under cProfile (every
-thread) and prints the functions that dominate its CPU. `--src DIR` benches the `seqdistill` package in
+process) for each, and seqdistill/bare. `--profile` runs seqdistill once more per transport under
+cProfile (every thread) and prints the functions that dominate its CPU, with calls per request.
+`--src DIR` benches the `seqdistill` package in
 DIR (e.g. an export of a commit) instead of the one installed in the venv. Not a test; not run by CI.
 """
 
@@ -25,7 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
-import io
+import hashlib
 import json
 import logging
 import os
@@ -57,8 +60,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, core: int | None, delay: float = 0.0, log: Path | None = None) -> subprocess.Popen:
-    """The instant server in a subprocess (pinned to `core`), returned once it answers /health."""
+def start_server(
+    port: int, core: int | None, out: Path, delay: float = 0.0, log: Path | None = None
+) -> subprocess.Popen:
+    """The instant server in a subprocess (pinned to `core`), returned once it answers /health.
+
+    Its stdout and stderr go to the file `out`, never to a pipe: a pipe nobody reads fills up (aiohttp
+    logs a traceback per connection a killed client drops) and then blocks the server.
+    """
     args = [sys.executable, str(HERE / "instant_server.py"), "--port", str(port), "--delay", str(delay)]
     if log is not None:
         args += ["--log", str(log)]
@@ -67,7 +76,9 @@ def start_server(port: int, core: int | None, delay: float = 0.0, log: Path | No
         if core is not None:
             os.sched_setaffinity(0, {core})
 
-    proc = subprocess.Popen(args, preexec_fn=pin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with out.open("w") as f:
+        proc = subprocess.Popen(args, preexec_fn=pin, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT)
+    proc.out = out  # type: ignore[attr-defined]
     deadline = time.monotonic() + 20
     while True:
         try:
@@ -77,7 +88,7 @@ def start_server(port: int, core: int | None, delay: float = 0.0, log: Path | No
         except OSError:
             pass
         if proc.poll() is not None:
-            raise RuntimeError(f"instant server exited ({proc.returncode}): {proc.stdout.read()}")
+            raise RuntimeError(f"instant server exited ({proc.returncode}): {out.read_text()[-3000:]}")
         if time.monotonic() > deadline:
             stop_server(proc)
             raise RuntimeError("instant server did not come up within 20 s")
@@ -92,6 +103,7 @@ def process_cpu(pid: int) -> float:
 
 
 def stop_server(proc: subprocess.Popen) -> str:
+    """Stop the server; return what it printed."""
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -99,7 +111,8 @@ def stop_server(proc: subprocess.Popen) -> str:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    return proc.stdout.read() if proc.stdout else ""
+    out = getattr(proc, "out", None)
+    return out.read_text(errors="replace") if out is not None and out.exists() else ""
 
 
 # --- workload -----------------------------------------------------------------------------------------
@@ -197,6 +210,35 @@ def run_bare(base_url: str, count: int, concurrency: int):
     return wall, cpu, ok
 
 
+async def _sdk(base_url: str, bodies: list[dict], concurrency: int, transport: str) -> int:
+    import openai
+
+    extra = {"http_client": openai.DefaultAioHttpClient()} if transport == "aiohttp" else {}
+    ok = 0
+    async with openai.AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0, **extra) as client:
+        pending = iter(bodies)
+
+        async def worker() -> None:
+            nonlocal ok
+            for body in pending:
+                resp = await client.chat.completions.create(**body)
+                ok += bool(resp.choices[0].message.content)
+
+        await asyncio.gather(*(worker() for _ in range(min(concurrency, len(bodies)))))
+    return ok
+
+
+def run_sdk(base_url: str, count: int, concurrency: int, transport: str):
+    """The openai SDK's async client alone, as the bare client uses aiohttp: the floor under any SDK-based design."""
+    bodies = request_bodies(count)
+    c0, t0 = time.process_time(), time.perf_counter()
+    ok = asyncio.run(_sdk(base_url, bodies, concurrency, transport))
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    if ok != count:
+        raise RuntimeError(f"openai SDK client: {ok} of {count} requests answered")
+    return wall, cpu, ok
+
+
 # --- checks and profile -------------------------------------------------------------------------------
 
 
@@ -244,8 +286,22 @@ def filesystem_of(path: Path) -> str:
     return fstype
 
 
+IDLE = (  # where idle threads wait: not work
+    "<method 'get' of '_queue.SimpleQueue' objects>",
+    "<method 'acquire' of '_thread.lock' objects>",
+    "<method 'poll' of 'select.epoll' objects>",
+    "<built-in method time.sleep>",
+)
+
+
 def profile_seqdistill(base_url: str, workdir: Path, count: int, concurrency: int, transport: str | None, top: int):
-    """cProfile every thread of one generate run (cProfile alone sees only the thread that enabled it)."""
+    """cProfile one generate run, every thread; print where the non-waiting time goes, per request.
+
+    cProfile sees only the thread that enabled it, so every thread started during the run gets its own
+    profiler. Its overhead is per call, so call-heavy code looks heavier than it is; the calls per
+    request are exact. (An in-process sampling profiler is no better here: it can only take a sample
+    when the busy thread lets go of the GIL, i.e. in system calls. py-spy would be the tool.)
+    """
     profiles: list[cProfile.Profile] = []
     original_run = threading.Thread.run
 
@@ -266,31 +322,72 @@ def profile_seqdistill(base_url: str, workdir: Path, count: int, concurrency: in
         main.disable()
     finally:
         threading.Thread.run = original_run  # type: ignore[method-assign]
-    out = io.StringIO()
-    stats = pstats.Stats(main, stream=out)
+    stats = pstats.Stats(main)
     for p in profiles:
         stats.add(p)
-    stats.strip_dirs().sort_stats("tottime").print_stats(top)
-    stats.sort_stats("cumulative").print_stats(top)
+    raw = stats.stats  # type: ignore[attr-defined]  # func -> (cc, ncalls, tottime, cumtime, callers)
+
+    def name(key: tuple) -> str:
+        filename, line, func = key
+        return func if filename == "~" else f"{'/'.join(Path(filename).parts[-2:])}:{line}({func})"
+
+    callees: dict[tuple, dict[tuple, float]] = {}
+    for key, (_, _, _, _, callers) in raw.items():
+        for caller, edge in callers.items():
+            callees.setdefault(caller, {})[key] = edge[3]
+    waits: dict[tuple, float] = {}
+
+    def waiting(key: tuple, path: frozenset = frozenset()) -> float:
+        """Seconds of `key`'s cumulative time spent in waits, shared out along the call edges."""
+        if key in waits:
+            return waits[key]
+        if name(key) in IDLE:
+            return raw[key][2]
+        total = 0.0
+        for callee, edge_ct in callees.get(key, {}).items():
+            if callee not in path and raw[callee][3] > 0:
+                total += waiting(callee, path | {key}) * min(1.0, edge_ct / raw[callee][3])
+        waits[key] = min(total, raw[key][3])
+        return waits[key]
+
+    rows = [(name(k), v[1], v[2], v[3] - waiting(k)) for k, v in raw.items() if name(k) not in IDLE]
+    busy = sum(tt for _, _, tt, _ in rows)
     label = transport or "default transport"
     print(f"\n## cProfile of seqdistill ({label}), all threads: {count} requests, {wall:.2f} s wall under profiling")
-    print(f"(CPU {cpu * 1000 / count:.2f} ms/request with profiling overhead)")
-    print(out.getvalue())
+    print(
+        f"CPU {cpu * 1000 / count:.2f} ms/request with profiling overhead; {busy:.2f} s of profiled time outside "
+        "waits (queue get, lock acquire, epoll, sleep); shares below are of that"
+    )
+    print("| self time | calls/request | function |")
+    print("|---:|---:|---|")
+    for where, ncalls, tottime, _ in sorted(rows, key=lambda r: -r[2])[:top]:
+        print(f"| {tottime / busy:.1%} | {ncalls / count:.1f} | {where} |")
+    print("\ncumulative (the function and all it calls, waits left out; a coroutine's calls count its resumptions):")
+    for where, ncalls, _, cumtime in sorted(rows, key=lambda r: -r[3])[:top]:
+        print(f"  {cumtime / busy:6.1%}  {ncalls / count:8.2f}/request  {where}")
 
 
 # --- main ---------------------------------------------------------------------------------------------
 
 
 def git_state() -> str:
+    """HEAD, and a digest of uncommitted changes under seqdistill/ (figures from a changing tree say which)."""
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "seqdistill"], cwd=REPO, capture_output=True, text=True
-        )
+        diff = subprocess.run(["git", "diff", "HEAD", "--", "seqdistill"], cwd=REPO, capture_output=True)
     except OSError:
         return "?"
-    changed = len([line for line in dirty.stdout.splitlines() if line.strip()])
-    return f"{head.stdout.strip()}" + (f" + {changed} changed files under seqdistill/" if changed else "")
+    state = head.stdout.strip() or "?"
+    if diff.stdout:
+        changed = diff.stdout.count(b"\ndiff --git ") + diff.stdout.startswith(b"diff --git ")
+        digest = hashlib.sha1(diff.stdout).hexdigest()[:8]
+        state += f" + uncommitted changes to {changed} files under seqdistill/ (diff {digest})"
+    return state
+
+
+def load() -> str:
+    with open("/proc/loadavg", encoding="ascii") as f:
+        return " ".join(f.read().split()[:3])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -303,7 +400,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--client-core", type=int, default=None, help="default: the first CPU this process may use")
     ap.add_argument("--workdir", default=None, help="where prompts and ledgers go (default: a temp dir)")
     ap.add_argument("--src", default=None, help="directory holding the seqdistill package to bench")
-    ap.add_argument("--profile", action="store_true", help="also cProfile one seqdistill run (all threads)")
+    ap.add_argument(
+        "--sdk", action="store_true", help="also measure the openai SDK's async client alone (no seqdistill)"
+    )
+    ap.add_argument("--profile", action="store_true", help="also cProfile one seqdistill run per transport")
     ap.add_argument("--profile-top", type=int, default=25)
     args = ap.parse_args(argv)
 
@@ -335,14 +435,14 @@ def main(argv: list[str] | None = None) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     base_url = f"http://127.0.0.1:{port}/v1"
-    server = start_server(port, server_core)
+    server = start_server(port, server_core, workdir / "server.out")
     try:
         print("# generate throughput: seqdistill (ledger on) vs a bare aiohttp client")
         print(
             f"python {platform.python_version()}, openai {openai.__version__}, aiohttp {aiohttp.__version__}, "
             f"seqdistill from {Path(seqdistill.__file__).parent}" + ("" if args.src else f" (git {git_state()})")
         )
-        print(f"CPUs {cpus}: server pinned to {server_core}, client to {client_core}")
+        print(f"CPUs {cpus}: server pinned to {server_core}, client to {client_core}; load average {load()}")
         print(
             f"requests {args.requests} per run, concurrency {args.concurrency}, n=1, repeats {args.repeats}; "
             f"ledger in {workdir} ({filesystem_of(workdir)}), append+fsync of 1 KB: "
@@ -364,6 +464,9 @@ def main(argv: list[str] | None = None) -> None:
         )
         set_logging(logging.WARNING)
         run_bare(base_url, args.warmup, args.concurrency)
+        if args.sdk:
+            for t in ("httpx", "aiohttp"):
+                run_sdk(base_url, args.warmup, args.concurrency, t)
 
         results: dict[str, list[tuple[float, float, float]]] = {}
 
@@ -376,6 +479,9 @@ def main(argv: list[str] | None = None) -> None:
             for t in transports:
                 name = "seqdistill" + (f" ({t})" if t else "")
                 measure(name, run_seqdistill, base_url, workdir, args.requests, args.concurrency, f"run{r}-{t}", t)
+            if args.sdk:
+                for t in ("httpx", "aiohttp"):
+                    measure(f"openai SDK alone ({t})", run_sdk, base_url, args.requests, args.concurrency, t)
             measure("bare aiohttp", run_bare, base_url, args.requests, args.concurrency)
 
         def med(name: str) -> tuple[float, float, float]:
@@ -396,7 +502,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"| {name} | {rps:.0f} | {cpu_ms:.3f} | {rps / bare_rps:.2f}x | {busy:.0%} | {runs} |")
         print()
         for name in results:
-            if name != "bare aiohttp":
+            if name.startswith("seqdistill"):
                 rps, cpu_ms, _ = med(name)
                 print(
                     f"ratio {name} / bare: {rps / bare_rps:.2f} (requests/s); "
@@ -414,6 +520,7 @@ def main(argv: list[str] | None = None) -> None:
         tail = stop_server(server)
         if own_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
+    print(f"load average at the end {load()} (other work on these CPUs skews the figures)")
     print(tail.strip().splitlines()[-1] if tail.strip() else "")
 
 

@@ -4,15 +4,18 @@
 
 Listens on 127.0.0.1 only. `POST /v1/chat/completions` answers every request with `n` choices of a fixed
 short content, `finish_reason` "stop" and a `usage` block; any model name is accepted. `GET /v1/models`
-and `GET /health` exist for readiness checks; `GET /stats` gives the request count and how many wait in `--delay`. The response bytes are built once per (model, n) and
-reused, so the server spends as little CPU per request as aiohttp allows (the benches pin it to its own
-core so it does not compete with the client it measures).
+and `GET /health` exist for readiness checks; `GET /stats` gives the request count and how many wait
+in `--delay`. The response bytes are built once per (model, n) and reused, so the server spends as
+little CPU per request as aiohttp allows (the benches pin it to its own core so it does not compete
+with the client it measures).
 
 `--delay S` waits S seconds before answering (requests stay in flight, as with a real server).
 `--log FILE` appends one JSON line per chat request once it is over:
 `{"q": last user message, "h": hash of the messages, "n": n, "recv": t, "done": t, "answered": bool}`
-with `time.time()` values; `answered` is false when the client had gone before the answer could be
-written (a killed client). Lines are flushed as they are written.
+with `time.time()` values; `answered` is false when the client was seen gone before the answer was
+written (a client killed just before may still count as answered: the kernel accepts a write to a
+socket whose peer has just died); `q` is null for a request whose body never arrived. Lines are
+flushed as they are written.
 """
 
 from __future__ import annotations
@@ -72,7 +75,13 @@ class InstantServer:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         recv = time.time()
-        raw = await request.read()
+        try:
+            raw = await request.read()
+        except ConnectionError:  # the client died between sending the headers and the body
+            if self.log is not None:
+                entry = {"q": None, "h": None, "n": None, "recv": recv, "done": time.time(), "answered": False}
+                self.log.write(json.dumps(entry) + "\n")
+            return web.Response(status=499)
         try:
             body = json.loads(raw)
             messages = body["messages"]
