@@ -58,8 +58,9 @@ class GenerateConfig(_Config):
         "http://127.0.0.1:8000/v1",
         description="OpenAI-compatible server URL, or a list of servers to spread requests over (openai backend).",
     )
-    http_client: Literal["aiohttp", "httpx"] = Field(
-        "aiohttp", description="HTTP transport of the openai client: aiohttp (faster at high concurrency) or httpx."
+    http_client: Literal["aiohttp", "openai", "openai-httpx"] = Field(
+        "aiohttp",
+        description="aiohttp: a lean direct client (fastest); openai / openai-httpx: the official SDK.",
     )
     api_key_env: str | None = Field(
         None, description="Env var holding the API key (never written anywhere); unset for local servers."

@@ -297,3 +297,45 @@ def test_kill_9_then_resume_loses_nothing_and_duplicates_nothing(tmp_path, serve
     answered_not_written = {r["body"]["messages"][-1]["content"].split()[2] for r in first if r["answered"]}
     # only answers in flight at the kill (at most `concurrency`) can have been answered but not written
     assert len({f"q{i}" for i in answered_not_written} - written_before) <= 4
+
+
+# --- the official SDK transports behave the same ----------------------------------------------------
+
+
+@pytest.mark.parametrize("client", ["openai", "openai-httpx"])
+def test_sdk_transports_give_the_same_records_and_errors(tmp_path, client):
+    with FakeOpenAIServer(models=[MODEL], reasoning_field="reasoning", throttle_first=1, retry_after=0.1) as srv:
+        prompts = write_jsonl(tmp_path / "p.jsonl", prompt_rows(0, 3))
+        out = tmp_path / "s.jsonl"
+        result = cli(srv.base_url, prompts, out, 2, "--set", f"http_client={client}", "--set", "logprobs=2", *FAST)
+        assert_exit(result, 0)
+        _complete(out, 3, 2)
+        rows = samples(out)
+        assert all(s.completion[0].reasoning_content and s.meta["logprobs"]["top"] for s in rows)
+        assert _manifest(out)["retries"] == {"http_429": 1}
+        srv.fail_first, srv.throttle_first = 0, 0
+        result = cli(
+            srv.base_url, prompts, tmp_path / "x.jsonl", 1, "--set", f"http_client={client}", model="no-such-model"
+        )
+        assert_exit(result, 1)
+        assert "404" in result.stderr
+    bad = cli(
+        f"http://127.0.0.1:{_free_port()}/v1",
+        prompts,
+        tmp_path / "y.jsonl",
+        1,
+        "--set",
+        f"http_client={client}",
+        "--set",
+        "max_retries=0",
+    )
+    assert_exit(bad, 1)
+    assert "cannot reach" in bad.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

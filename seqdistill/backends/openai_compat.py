@@ -1,7 +1,8 @@
 """Backend for any OpenAI-compatible chat server (vllm serve, SGLang, llama.cpp, hosted APIs).
 
-The official async client runs on an event loop in a worker thread; results cross to the caller
-through a queue so the stage can write each one the moment it arrives. A fixed pool of worker
+Requests go out on an event loop in a worker thread, through a lean aiohttp transport by default or the
+official `openai` SDK (`http_client`, see http.py); results cross to the caller through a queue so the
+stage can write each one the moment it arrives. A fixed pool of worker
 coroutines sends requests, gated by an AIMD concurrency limit (halved on 429s, climbing back by one
 per window of successes) and optional requests/tokens-per-minute buckets.
 
@@ -17,27 +18,22 @@ left out for `server_cooldown` seconds.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import queue
 import random
-import re
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
 from typing import Any
 
-import openai
-
 from seqdistill.backends.base import Backend, Failure, Request, Result, split_think
+from seqdistill.backends.http import FastTransport, SDKTransport, StatusError, TransportError
 from seqdistill.config import api_key
 from seqdistill.errors import BackendError
 
 log = logging.getLogger(__name__)
 _DONE = object()
-# a refused or unresolvable connection (nobody there), as opposed to a dropped one (a server that is up)
-_UNREACHABLE = re.compile(r"Cannot connect|Connect call failed|connection attempts failed|refused|not known|servname")
 
 
 class _GiveUp(Exception):
@@ -98,7 +94,7 @@ class OpenAIBackend(Backend):
     # --- the event loop's side ------------------------------------------------------------------------
     async def _run_all(self, requests, stop, abort, results) -> None:
         cfg = self.cfg
-        servers = [_Server(url, self._client(url), announce=len(cfg.base_urls) > 1) for url in cfg.base_urls]
+        servers = [_Server(url, self._transport(url), announce=len(cfg.base_urls) > 1) for url in cfg.base_urls]
         self._limit = _AIMD(cfg.concurrency, cfg.adaptive_concurrency)
         rpm = _Bucket(cfg.requests_per_minute) if cfg.requests_per_minute else None
         tpm = _Bucket(cfg.tokens_per_minute) if cfg.tokens_per_minute else None
@@ -132,17 +128,16 @@ class OpenAIBackend(Backend):
             watcher.cancel()
         finally:
             for server in servers:
-                await server.client.close()
+                await server.transport.close()
         if fatal:
             raise fatal[0]
 
-    def _client(self, url: str) -> openai.AsyncOpenAI:
-        http_client = None
-        if self.cfg.http_client == "aiohttp":
-            http_client = openai.DefaultAioHttpClient(limits=_limits(self.cfg.concurrency))
-        return openai.AsyncOpenAI(
-            base_url=url, api_key=self._key, timeout=self.cfg.timeout, max_retries=0, http_client=http_client
-        )
+    def _transport(self, url: str):
+        cfg = self.cfg
+        if cfg.http_client == "aiohttp":
+            return FastTransport(url, self._key, cfg.timeout, cfg.concurrency)
+        transport = "aiohttp" if cfg.http_client == "openai" else "httpx"
+        return SDKTransport(url, self._key, cfg.timeout, cfg.concurrency, transport)
 
     async def _attempts(self, req: Request, servers: list[_Server], stop: threading.Event) -> list[Any]:
         """Send `req` until it succeeds or runs out of attempts: its Results, or one Failure."""
@@ -186,28 +181,16 @@ class OpenAIBackend(Backend):
         log.warning("prompt %s: gave up after %s (%s); the next run retries it", req.prompt_id, kind, detail)
         return [Failure(req, kind, detail)]
 
-    async def _send(self, server: _Server, req: Request) -> Any:
+    async def _send(self, server: _Server, req: Request) -> dict[str, Any]:
+        body = {"model": self.cfg.model, "messages": req.messages, **self._params(req), **self.cfg.extra_body}
         try:
-            resp = await server.client.chat.completions.create(
-                model=self.cfg.model,
-                messages=req.messages,
-                extra_body=self.cfg.extra_body or None,
-                **self._params(req),
-            )
-        except openai.APIStatusError as e:
+            return await server.transport.chat(body)
+        except StatusError as e:
             raise self._status_error(e, server) from None
-        except openai.APITimeoutError as e:
-            if type(e.__cause__ or e.__context__).__name__ != "ConnectTimeout":
-                raise _Retryable("timeout", f"no answer within {self.cfg.timeout:g}s") from None
-            # the aiohttp transport reports refused and dropped connections alike as connect timeouts
-            server.fail(self.cfg.server_cooldown)
-            raise _connection_error(e) from None
-        except openai.APIConnectionError as e:
-            server.fail(self.cfg.server_cooldown)
-            raise _connection_error(e) from None
-        except openai.APIError as e:  # e.g. a 200 whose body is not a chat completion
-            raise _Retryable("bad_response", f"{type(e).__name__}: {str(e)[:200]}") from None
-        return resp
+        except TransportError as e:
+            if e.kind == "connection":
+                server.fail(self.cfg.server_cooldown)
+            raise _Retryable(e.kind, e.detail, unreachable=e.unreachable) from None
 
     def _params(self, req: Request) -> dict[str, Any]:
         s = self.cfg.sampling
@@ -224,9 +207,9 @@ class OpenAIBackend(Backend):
                 params["top_logprobs"] = self.cfg.logprobs
         return params
 
-    def _status_error(self, e: openai.APIStatusError, server: _Server) -> Exception:
-        code = e.status_code
-        detail = _server_message(e).replace(self._key, "***")  # some servers echo the key they got
+    def _status_error(self, e: StatusError, server: _Server) -> Exception:
+        code = e.code
+        detail = e.detail.replace(self._key, "***")  # some servers echo the key they got
         if code in (401, 403):
             where = (
                 f"the key in ${self.cfg.api_key_env}" if self.cfg.api_key_env else "no API key (api_key_env is unset)"
@@ -242,47 +225,48 @@ class OpenAIBackend(Backend):
             )
         if code == 429:
             self._limit.on_throttle()
-            return _Retryable("http_429", detail, _retry_after(e))
+            return _Retryable("http_429", detail, e.retry_after)
         if code >= 500 or code in (408, 409):
             if code >= 500:
                 server.fail(self.cfg.server_cooldown, soft=True)
-            return _Retryable(f"http_{code}", detail, _retry_after(e))
+            return _Retryable(f"http_{code}", detail, e.retry_after)
         if not self._answered:  # every request would get it: a setting the server rejects
             return BackendError(f"server at {server.url} rejected the request with {code}: {detail}")
         return _GiveUp(f"http_{code}", detail)
 
-    def _results(self, resp: Any, req: Request) -> list[Result | Failure]:
+    def _results(self, resp: dict[str, Any], req: Request) -> list[Result | Failure]:
         try:
-            choices = sorted(resp.choices, key=lambda c: c.index)
-            usage = resp.usage
+            choices = sorted(resp["choices"], key=lambda c: c.get("index", 0))
+            usage = resp.get("usage") or {}
             out: list[Result | Failure] = [
                 self._result(choice, idx, req, usage) for choice, idx in zip(choices, req.sample_indices, strict=False)
             ]
-        except (AttributeError, TypeError) as e:  # a 200 whose body is not a chat completion
+        except (AttributeError, KeyError, TypeError) as e:  # a 200 whose body is not a chat completion
             raise _Retryable("bad_response", f"{type(e).__name__}: {e}") from None
         if len(choices) < req.n:  # e.g. a server that ignores `n`: the missing ones are retried next run
             missing = Request(req.prompt_id, req.messages, req.sample_indices[len(choices) :])
             out.append(Failure(missing, "short_response", f"asked for {req.n} samples, got {len(choices)}"))
         return out
 
-    def _result(self, choice: Any, sample_index: int, req: Request, usage: Any) -> Result:
-        msg = choice.message
-        extra = msg.model_extra or {}
-        reasoning = getattr(msg, "reasoning_content", None) or extra.get("reasoning_content") or extra.get("reasoning")
-        content = msg.content or ""
+    def _result(self, choice: dict[str, Any], sample_index: int, req: Request, usage: dict[str, Any]) -> Result:
+        msg = choice["message"]
+        reasoning = msg.get("reasoning_content") or msg.get("reasoning")  # DeepSeek/older vLLM, newer vLLM
+        content = msg.get("content") or ""
         if self.cfg.split_think and not reasoning:
             reasoning, content = split_think(content)
         sample_usage: dict[str, Any] = {}
-        if usage is not None:
-            sample_usage["prompt_tokens"] = usage.prompt_tokens
+        if usage:
+            sample_usage["prompt_tokens"] = usage.get("prompt_tokens")
             if req.n == 1:
-                sample_usage["completion_tokens"] = usage.completion_tokens
+                sample_usage["completion_tokens"] = usage.get("completion_tokens")
             else:  # the API reports one total for all n choices
-                sample_usage["request_completion_tokens"] = usage.completion_tokens
-        logprobs = _compact_logprobs(choice.logprobs) if self.cfg.logprobs is not None else None
+                sample_usage["request_completion_tokens"] = usage.get("completion_tokens")
+        logprobs = _compact_logprobs(choice.get("logprobs")) if self.cfg.logprobs is not None else None
         if logprobs and "completion_tokens" not in sample_usage:
             sample_usage["completion_tokens"] = len(logprobs["tokens"])
-        return Result(req, sample_index, content, choice.finish_reason, reasoning or None, sample_usage, logprobs)
+        return Result(
+            req, sample_index, content, choice.get("finish_reason"), reasoning or None, sample_usage, logprobs
+        )
 
     def _token_estimate(self, req: Request) -> float:
         prompt_chars = sum(len(m.get("content") or "") for m in req.messages)
@@ -295,16 +279,11 @@ class _Retryable(Exception):
         self.kind, self.detail, self.wait, self.unreachable = kind, detail, wait, unreachable
 
 
-def _connection_error(e: Exception) -> _Retryable:
-    cause = _cause(e)
-    return _Retryable("connection", cause, unreachable=_UNREACHABLE.search(cause) is not None)
-
-
 class _Server:
     """One endpoint: its client, its load, and whether it is left out for now."""
 
-    def __init__(self, url: str, client: openai.AsyncOpenAI, announce: bool):
-        self.url, self.client = url, client
+    def __init__(self, url: str, transport: FastTransport | SDKTransport, announce: bool):
+        self.url, self.transport = url, transport
         self.announce = announce  # several servers: leave a failing one out for a while, and say so
         self.in_flight = 0
         self.down_until = 0.0
@@ -408,51 +387,15 @@ def _backoff(attempt: int, base: float, cap: float) -> float:
     return random.uniform(0, min(cap, base * 2**attempt))
 
 
-def _retry_after(e: openai.APIStatusError) -> float | None:
-    """Seconds from Retry-After / retry-after-ms, when the server says how long to wait."""
-    headers = e.response.headers if e.response is not None else {}
-    if ms := headers.get("retry-after-ms"):
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, when.timestamp() - time.time()) if when else None
-
-
-def _compact_logprobs(logprobs: Any) -> dict[str, Any] | None:
+def _compact_logprobs(logprobs: dict[str, Any] | None) -> dict[str, Any] | None:
     """{"tokens": [...], "logprobs": [...], "top": [[[token, logprob], ...], ...]} with 4-decimal floats."""
-    content = getattr(logprobs, "content", None)
+    content = (logprobs or {}).get("content")
     if not content:
         return None
-    out: dict[str, Any] = {"tokens": [t.token for t in content], "logprobs": [round(t.logprob, 4) for t in content]}
-    if any(t.top_logprobs for t in content):
-        out["top"] = [[[c.token, round(c.logprob, 4)] for c in (t.top_logprobs or [])] for t in content]
+    out: dict[str, Any] = {
+        "tokens": [t["token"] for t in content],
+        "logprobs": [round(t["logprob"], 4) for t in content],
+    }
+    if any(t.get("top_logprobs") for t in content):
+        out["top"] = [[[c["token"], round(c["logprob"], 4)] for c in (t.get("top_logprobs") or [])] for t in content]
     return out
-
-
-def _limits(concurrency: int):
-    import httpx2  # the openai SDK's own HTTP layer: keep a connection alive per concurrent request
-
-    return httpx2.Limits(max_connections=max(concurrency, 100), max_keepalive_connections=max(concurrency, 100))
-
-
-def _cause(e: BaseException) -> str:
-    inner = e.__cause__ or e.__context__
-    return f"{type(inner).__name__}: {inner}" if inner else str(e)
-
-
-def _server_message(e: openai.APIStatusError) -> str:
-    body = e.body
-    if isinstance(body, dict):
-        err = body.get("error")
-        msg = err.get("message") if isinstance(err, dict) else body.get("message")
-        if msg:
-            return str(msg)[:200]
-    return str(e.message)[:200]
