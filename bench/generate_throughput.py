@@ -428,7 +428,8 @@ def main(argv: list[str] | None = None) -> None:
 
     transports: list[str | None] = [None]
     if "http_client" in GenerateConfig.model_fields:
-        transports = ["httpx", "aiohttp"]
+        # the values this version accepts (older versions: httpx / aiohttp SDK transports)
+        transports = list(GenerateConfig.model_fields["http_client"].annotation.__args__)
 
     own_workdir = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="seqdistill-bench-")) if own_workdir else Path(args.workdir)
