@@ -112,7 +112,7 @@ class OpenAIBackend(Backend):
                         await tpm.take(self._token_estimate(req))
                     for item in await self._attempts(req, servers, stop):
                         results.put(item)
-                except BackendError as e:
+                except Exception as e:  # BackendError: the user's to fix; anything else is a bug: never swallowed
                     fatal.append(e)
 
         async def watch_abort(tasks: list[asyncio.Task]) -> None:
