@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import write_jsonl
 from tests.fake_openai_server import FakeOpenAIServer
-from tests.test_generate_openai import MODEL, assert_exit, cli, keys, prompt_rows, samples
+from tests.test_generate_openai import MODEL, assert_exit, cli, free_port, keys, prompt_rows, samples
 
 FAST = ("--set", "backoff_base=0.05", "--set", "backoff_max=0.2")
 
@@ -320,7 +320,7 @@ def test_sdk_transports_give_the_same_records_and_errors(tmp_path, client):
         assert_exit(result, 1)
         assert "404" in result.stderr
     bad = cli(
-        f"http://127.0.0.1:{_free_port()}/v1",
+        f"http://127.0.0.1:{free_port()}/v1",
         prompts,
         tmp_path / "y.jsonl",
         1,
@@ -331,25 +331,3 @@ def test_sdk_transports_give_the_same_records_and_errors(tmp_path, client):
     )
     assert_exit(bad, 1)
     assert "cannot reach" in bad.stderr
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_a_bug_inside_the_client_is_never_swallowed(tmp_path, server, monkeypatch):
-    """An unexpected exception in a request worker must surface, not end the run 'successfully' with nothing."""
-    from seqdistill.backends import http
-
-    async def broken(self, body):
-        raise RuntimeError("boom")
-
-    monkeypatch.setattr(http.FastTransport, "chat", broken)
-    prompts = write_jsonl(tmp_path / "p.jsonl", prompt_rows(0, 2))
-    result = cli(server.base_url, prompts, tmp_path / "s.jsonl", 1)
-    assert result.exit_code != 0
-    assert isinstance(result.exception, RuntimeError) and "boom" in str(result.exception)

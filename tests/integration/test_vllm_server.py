@@ -30,6 +30,7 @@ from seqdistill.cli import app
 from seqdistill.records import Sample
 from tests.conftest import read_jsonl, write_jsonl
 from tests.integration.vllm_env import SKIP_REASON, VLLM_PYTHON
+from tests.test_generate_openai import generate_args as openai_generate_args
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "prompts" / "arithmetic" / "question.jinja"
@@ -184,26 +185,18 @@ def prompt_rows() -> list[dict]:
 
 
 def generate_args(base_url: str, prompts: Path, output: Path, *extra: str, model: str = SERVED) -> list[str]:
-    return [
-        "generate",
-        "--backend",
-        "openai",
-        "--model",
-        model,
-        "--base-url",
+    return openai_generate_args(
         base_url,
-        "--prompts",
-        str(prompts),
-        "--output",
-        str(output),
-        "--n",
-        str(N),
+        prompts,
+        output,
+        N,
         "--set",
         f"prompts.template={TEMPLATE}",
         "--set",
         "sampling.max_tokens=32",
         *extra,
-    ]
+        model=model,
+    )
 
 
 def assert_exit(result, code: int) -> None:
