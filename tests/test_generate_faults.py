@@ -331,3 +331,17 @@ def test_sdk_transports_give_the_same_records_and_errors(tmp_path, client):
     )
     assert_exit(bad, 1)
     assert "cannot reach" in bad.stderr
+
+
+def test_a_bug_inside_the_client_is_never_swallowed(tmp_path, server, monkeypatch):
+    """An unexpected exception in a request worker must surface, not end the run 'successfully' with nothing."""
+    from seqdistill.backends import http
+
+    async def broken(self, body):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(http.FastTransport, "chat", broken)
+    prompts = write_jsonl(tmp_path / "p.jsonl", prompt_rows(0, 2))
+    result = cli(server.base_url, prompts, tmp_path / "s.jsonl", 1)
+    assert result.exit_code != 0
+    assert isinstance(result.exception, RuntimeError) and "boom" in str(result.exception)
