@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from seqdistill.config import EvalConfig, PipelineConfig
+from seqdistill.config import EvalConfig, GenerateConfig, PipelineConfig
 from seqdistill.io import write_json
 from seqdistill.stages import evaluate, filter, generate, train
 
@@ -24,18 +24,11 @@ def eval_configs(cfg: PipelineConfig) -> dict[str, EvalConfig]:
     assert cfg.eval is not None
     d = Path(cfg.run_dir)
     g = cfg.generate
-    teacher_keys = {
-        "backend",
-        "model",
-        "base_url",
-        "api_key_env",
-        "concurrency",
-        "timeout",
-        "max_retries",
-        "dtype",
-        "extra_body",
-        "tensor_parallel_size",
-    }
+    # how to reach and run the teacher comes from generate; what to ask (prompts, sampling, n) from eval
+    teacher_keys = set(GenerateConfig.model_fields) - {
+        "prompts", "output", "n", "sampling", "shard", "logprobs", "max_requests", "max_output_tokens", "max_cost",
+        "pilot_prompts", "allow_mixed_output",
+    }  # fmt: skip
     teacher = cfg.eval.model_copy(deep=True, update={k: getattr(g, k) for k in teacher_keys})
     teacher.prompt, teacher.output = "teacher", str(d / "eval-teacher.jsonl")
     student = {"backend": "transformers", "prompt": "student"}

@@ -1,0 +1,34 @@
+"""The pipeline's held-out evals: how to reach the teacher comes from `generate`, what to ask from `eval`."""
+
+from seqdistill.config import PipelineConfig
+from seqdistill.stages.pipeline import eval_configs
+
+
+def test_teacher_eval_reaches_the_teacher_like_generate_and_asks_like_eval():
+    cfg = PipelineConfig.model_validate(
+        {
+            "run_dir": "runs/x",
+            "generate": {
+                "backend": "openai",
+                "model": "big",
+                "base_url": ["http://a/v1", "http://b/v1"],
+                "http_client": "openai",
+                "api_key_env": "KEY",
+                "n": 8,
+                "shard": "0/2",
+                "sampling": {"temperature": 0.9},
+                "prompts": {"source": "train.jsonl"},
+            },
+            "train": {"model": "small"},
+            "eval": {"prompts": {"source": "heldout.jsonl"}, "check": "numeric"},
+        }
+    ).resolved()
+    evals = eval_configs(cfg)
+    teacher, before, after = evals["teacher"], evals["student_before"], evals["student_after"]
+    assert (teacher.backend, teacher.model, teacher.base_url) == ("openai", "big", ["http://a/v1", "http://b/v1"])
+    assert (teacher.http_client, teacher.api_key_env, teacher.prompt) == ("openai", "KEY", "teacher")
+    assert (teacher.n, teacher.shard, teacher.sampling.temperature) == (1, None, 0.0)  # eval's, not generate's
+    assert teacher.prompts.source == "heldout.jsonl" and teacher.check == "numeric"
+    assert (before.backend, before.model, before.prompt) == ("transformers", "small", "student")
+    assert after.model == "runs/x/student"
+    assert len({teacher.output, before.output, after.output}) == 3
