@@ -137,6 +137,10 @@ class FilterConfig(_Config):
     drop_truncated: bool = Field(True, description="Drop samples with finish_reason 'length'.")
     dedup: bool = Field(True, description="Drop exact duplicate (prompt, normalized completion) pairs.")
     max_per_prompt: int | None = Field(None, ge=1, description="Keep at most K samples per prompt.")
+    selection: Literal["first", "shortest", "random"] = Field(
+        "first", description="Which K samples a prompt keeps: first in the file, shortest, or random (seeded)."
+    )
+    seed: int = Field(0, description="Seed of the random selection.")
 
     def output_path(self) -> Path:
         if self.output:

@@ -282,3 +282,60 @@ def test_cli_missing_input(tmp_path):
     assert result.exit_code == 1
     assert "no such file" in result.stderr
     assert "Traceback" not in result.output
+
+
+# --- selection policies and pass rate ----------------------------------------------------------------
+
+
+def _prompt_samples() -> list[dict]:
+    """Prompt p1: 5 samples (4 correct, of lengths 40, 13, 25, 31; one wrong); p2: 2 correct."""
+    texts = ["x" * 29 + " \\boxed{42}", "\\boxed{42} ok", "y" * 14 + " \\boxed{42}", "z" * 20 + " \\boxed{42}"]
+    rows = [make_sample("p1", i, t, id=f"p1-{i}") for i, t in enumerate(texts)]
+    rows.append(make_sample("p1", 4, "\\boxed{41}", id="p1-4"))
+    rows += [make_sample("p2", i, f"{'w' * i} \\boxed{{42}}", id=f"p2-{i}") for i in range(2)]
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("selection", "expected_p1"),
+    [("first", ["p1-0", "p1-1"]), ("shortest", ["p1-1", "p1-2"])],
+)
+def test_selection_policy_keeps_k_per_prompt_in_input_order(tmp_path, selection, expected_p1):
+    src = write_jsonl(tmp_path / "s.jsonl", _prompt_samples())
+    out = tmp_path / "kept.jsonl"
+    report = filter_stage.run(
+        FilterConfig(input=str(src), output=str(out), check="math", max_per_prompt=2, selection=selection)
+    )
+    kept = read_jsonl(out)
+    assert [r["id"] for r in kept if r["prompt_id"] == "p1"] == expected_p1
+    assert [r["id"] for r in kept if r["prompt_id"] == "p2"] == ["p2-0", "p2-1"]
+    row = {r["rule"]: r for r in report["funnel"]}["max_per_prompt"]
+    assert (row["in"], row["dropped"], row["kept"]) == (6, 2, 4)
+    rejected = {r["id"]: r["meta"]["rejected"]["rule"] for r in read_jsonl(tmp_path / "kept.rejected.jsonl")}
+    assert rejected["p1-4"] == "wrong_answer" and sorted(
+        k for k, v in rejected.items() if v == "max_per_prompt"
+    ) == sorted({"p1-0", "p1-1", "p1-2", "p1-3"} - set(expected_p1))
+
+
+def test_random_selection_is_seeded_and_reproducible(tmp_path):
+    src = write_jsonl(tmp_path / "s.jsonl", _prompt_samples())
+    picks = []
+    for seed in (0, 0, 1, 2, 3):
+        out = tmp_path / f"kept-{seed}-{len(picks)}.jsonl"
+        filter_stage.run(
+            FilterConfig(
+                input=str(src), output=str(out), check="math", max_per_prompt=2, selection="random", seed=seed
+            )
+        )
+        picks.append(tuple(r["id"] for r in read_jsonl(out) if r["prompt_id"] == "p1"))
+    assert picks[0] == picks[1]  # same seed, same choice
+    assert len(set(picks)) > 1  # other seeds choose differently
+    assert all(len(p) == 2 for p in picks)
+
+
+def test_pass_rate_is_recorded_per_prompt(tmp_path):
+    src = write_jsonl(tmp_path / "s.jsonl", _prompt_samples())
+    out = tmp_path / "kept.jsonl"
+    filter_stage.run(FilterConfig(input=str(src), output=str(out), check="math"))
+    rates = {r["prompt_id"]: r["meta"]["pass_rate"] for r in read_jsonl(out)}
+    assert rates == {"p1": 0.8, "p2": 1.0}

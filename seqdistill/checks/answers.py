@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import NamedTuple
 
 from seqdistill.errors import ConfigError
@@ -59,13 +60,32 @@ def last_boxed(text: str) -> str | None:
 # ---------------------------------------------------------------------------- math
 
 
+_outer_timeout_active = False  # True while a caller (checks.pool) bounds the whole check itself
+
+
+@contextmanager
+def math_verify_timeouts_disabled() -> Iterator[None]:
+    """Turn off math_verify's own signal.alarm timeouts while the caller times the whole check.
+
+    math_verify's per-call alarms would cancel an outer ``SIGALRM`` timer (each call ends with
+    ``signal.alarm(0)``), so a caller that runs its own timer around a check must use this.
+    """
+    global _outer_timeout_active
+    previous, _outer_timeout_active = _outer_timeout_active, True
+    try:
+        yield
+    finally:
+        _outer_timeout_active = previous
+
+
 def _mv_kwargs() -> tuple[dict, dict]:
     """Keyword arguments for math_verify's parse / verify in the current thread.
 
     math_verify enforces its timeouts with signal.alarm, which raises off the main thread,
-    so worker threads must disable them (the caller then owns any overall time limit).
+    so worker threads must disable them (the caller then owns any overall time limit), and so
+    must a caller that runs its own timer (see ``math_verify_timeouts_disabled``).
     """
-    if threading.current_thread() is threading.main_thread():
+    if threading.current_thread() is threading.main_thread() and not _outer_timeout_active:
         return {}, {}
     return {"parsing_timeout": None}, {"timeout_seconds": None}
 
@@ -79,8 +99,13 @@ def check_math(completion: str, reference: str) -> Verdict:
     from math_verify import parse, verify  # heavy import (sympy): only pay for it when used
 
     parse_kw, verify_kw = _mv_kwargs()
-    # A bare reference such as "(x+1)^2" only parses inside math delimiters.
-    gold = parse(reference, **parse_kw) or parse(f"${reference}$", **parse_kw)
+    # A bare reference such as "(x+1)^2" only parses inside math delimiters, and outside them
+    # "2(x+1)", "2\\sqrt{2}" or "1, 2" parse as their last number; so wrap first unless the
+    # reference already carries its own delimiters.
+    if "$" in reference or "\\boxed" in reference:
+        gold = parse(reference, **parse_kw) or parse(f"${reference}$", **parse_kw)
+    else:
+        gold = parse(f"${reference}$", **parse_kw) or parse(reference, **parse_kw)
     if not gold:
         return Verdict(None, f"cannot parse reference {reference!r}", None)
     # math_verify merges several \boxed{} into one set, so we pick the last box ourselves.
@@ -250,6 +275,46 @@ def check_exact(completion: str, reference: str) -> Verdict:
     return Verdict(False, f"answer {answer!r} != reference {ref!r}", answer)
 
 
+# ---------------------------------------------------------------------------- regex
+
+
+def make_regex_checker(pattern: str) -> Checker:
+    """Build a checker that extracts the answer with a user regex and compares it like ``exact``.
+
+    The answer is the first capture group of the last match (the whole match when the pattern
+    has no group); it and the reference are compared after ``normalize_text``. Raises ConfigError
+    naming ``check_pattern`` when the pattern is missing or does not compile.
+
+    >>> make_regex_checker(r"ANSWER:\\s*(\\w+)")("ANSWER: x ... ANSWER: Paris", "paris").correct
+    True
+    """
+    if not isinstance(pattern, str) or not pattern:
+        raise ConfigError("check 'regex' needs check_pattern: a regular expression that extracts the answer")
+    try:
+        regex = re.compile(pattern)
+    except re.error as e:
+        raise ConfigError(f"check_pattern {pattern!r} is not a valid regular expression: {e}") from None
+
+    def check_regex(completion: str, reference: str) -> Verdict:
+        ref = normalize_text(reference)
+        if not ref:
+            return Verdict(None, "empty reference after normalisation", None)
+        matches = list(regex.finditer(completion))
+        if not matches:
+            return Verdict(None, "check_pattern does not match the completion", None)
+        last = matches[-1]
+        raw = last[1] if regex.groups else last[0]
+        answer = normalize_text(raw) if raw is not None else ""
+        if not answer:
+            return Verdict(None, "empty answer in completion", None)
+        if answer == ref:
+            return Verdict(True, f"answer {answer!r} == reference {ref!r}", answer)
+        return Verdict(False, f"answer {answer!r} != reference {ref!r}", answer)
+
+    check_regex.pattern = pattern  # type: ignore[attr-defined]  # for logs and tests
+    return check_regex
+
+
 # ---------------------------------------------------------------------------- registry
 
 CHECKERS: dict[str, Checker] = {
@@ -259,26 +324,56 @@ CHECKERS: dict[str, Checker] = {
     "exact": check_exact,
 }
 
+# Checkers that need options from the config: name -> factory(**options) -> Checker.
+CHECKER_FACTORIES: dict[str, Callable[..., Checker]] = {
+    "regex": lambda pattern=None: make_regex_checker(pattern),  # type: ignore[arg-type]
+}
 
-def get_checker(name: str) -> Checker:
+CHECK_NAMES = ("exact", "math", "numeric", "choice", "regex", "none")
+
+
+def get_checker(name: str, **options) -> Checker:
     """Look up a checker by name; "none" is not a checker, callers handle it before this.
+
+    Plain checkers take no options (unknown options are a ConfigError); ``regex`` needs
+    ``pattern`` (the config's ``check_pattern``) and builds a new checker on each call.
 
     >>> get_checker("numeric") is check_numeric
     True
+    >>> get_checker("regex", pattern=r"is (\\d+)")("it is 7", "7").correct
+    True
     """
+    if isinstance(name, str) and name in CHECKER_FACTORIES:
+        unknown = set(options) - {"pattern"}
+        if unknown:
+            raise ConfigError(f"check {name!r} does not take option(s): {', '.join(sorted(unknown))}")
+        return CHECKER_FACTORIES[name](**options)
     try:
-        return CHECKERS[name]
+        checker = CHECKERS[name]
     except (KeyError, TypeError):
-        raise ConfigError(f"unknown check {name!r}; choose one of: exact, math, numeric, choice, none") from None
+        raise ConfigError(f"unknown check {name!r}; choose one of: {', '.join(CHECK_NAMES)}") from None
+    # A stray pattern=None from a config that always passes check_pattern is harmless.
+    extra = sorted(k for k, v in options.items() if v is not None)
+    if extra:
+        raise ConfigError(f"check {name!r} does not take option(s): {', '.join(extra)}")
+    return checker
 
 
-def check(name: str, completion: str, reference: str | None) -> Verdict:
+def check(name: str, completion: str, reference: str | None, **options) -> Verdict:
     """Run checker ``name``; never raises on odd completions or references (an unknown name does raise ConfigError).
+
+    ``options`` are passed to ``get_checker`` (``pattern`` for ``regex``). To run many checks
+    with one regex, build the checker once with ``get_checker`` and call ``run_check``.
 
     >>> check("numeric", "42", None)
     Verdict(correct=None, reason='no reference answer', answer=None)
     """
-    checker = get_checker(name)  # a bad name is a config mistake and should stop the run loudly
+    checker = get_checker(name, **options)  # a bad name is a config mistake and should stop the run loudly
+    return run_check(checker, completion, reference)
+
+
+def run_check(checker: Checker, completion: str, reference: str | None) -> Verdict:
+    """Apply an already-built checker with ``check``'s guarantees (missing reference, no exceptions)."""
     if reference is None or (isinstance(reference, str) and not reference.strip()):
         return Verdict(None, "no reference answer", None)
     try:

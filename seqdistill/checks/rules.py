@@ -94,17 +94,3 @@ class ExactDuplicate(Rule):
             return self.drop("exact duplicate of an earlier sample for the same prompt")
         self.seen.add(key)
         return None
-
-
-class MaxPerPrompt(Rule):
-    name = "max_per_prompt"
-
-    def __init__(self, k: int):
-        self.k = k
-        self.counts: Counter[str] = Counter()
-
-    def __call__(self, sample: Sample) -> Drop | None:
-        if self.counts[sample.prompt_id] >= self.k:
-            return self.drop(f"prompt already has {self.k} kept samples")
-        self.counts[sample.prompt_id] += 1
-        return None

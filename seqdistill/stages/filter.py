@@ -1,21 +1,28 @@
 """filter: keep the samples worth learning from; write kept, rejected (with reasons) and a funnel report.
 
 Rules in order: malformed -> truncated -> answer check (wrong / unverifiable) -> exact duplicate ->
-max per prompt. Outputs are written atomically: a crash leaves the previous outputs intact.
+selection (at most K per prompt, by a policy). Two streaming passes: the first applies the per-sample
+rules, writes rejects at once and sets the survivors aside in a temporary file; the second keeps up to
+K survivors per prompt (first / shortest / random, seeded) and records each prompt's pass rate
+(correct / samples) in `meta.pass_rate`. Memory holds one small entry per survivor, not the samples.
+Outputs are written atomically, and the same input and config give byte-identical outputs.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections import Counter
+import tempfile
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from seqdistill.checks.rules import AnswerCheck, Drop, ExactDuplicate, MaxPerPrompt, Rule, Truncated, WellFormed
+from seqdistill.checks.rules import AnswerCheck, Drop, ExactDuplicate, Rule, Truncated, WellFormed
 from seqdistill.config import FilterConfig
 from seqdistill.errors import ConfigError
 from seqdistill.io import AtomicWriter, read_samples, write_json
 from seqdistill.progress import progress_bar
+from seqdistill.records import Sample
 
 log = logging.getLogger(__name__)
 FUNNEL_ORDER = ["malformed", "truncated", "wrong_answer", "unverifiable", "duplicate", "max_per_prompt"]
@@ -23,6 +30,7 @@ EXAMPLES_PER_RULE = 3
 
 
 def build_rules(cfg: FilterConfig) -> list[Rule]:
+    """The per-sample rules of the first pass, in order (selection is the second pass)."""
     rules: list[Rule] = [WellFormed()]
     if cfg.drop_truncated:
         rules.append(Truncated())
@@ -30,14 +38,27 @@ def build_rules(cfg: FilterConfig) -> list[Rule]:
         rules.append(AnswerCheck(cfg.check, cfg.keep_unverifiable))
     if cfg.dedup:
         rules.append(ExactDuplicate())
-    if cfg.max_per_prompt:
-        rules.append(MaxPerPrompt(cfg.max_per_prompt))
     return rules
 
 
 def side_paths(output: Path) -> tuple[Path, Path]:
     """`kept.jsonl` -> (`kept.rejected.jsonl`, `kept.report.json`)."""
     return output.with_name(output.stem + ".rejected.jsonl"), output.with_name(output.stem + ".report.json")
+
+
+class _Funnel:
+    """Drop counts and a few example rejects per rule."""
+
+    def __init__(self):
+        self.dropped: Counter[str] = Counter()
+        self.examples: dict[str, list[dict[str, str]]] = defaultdict(list)
+
+    def reject(self, sample: Sample, drop: Drop, writer: AtomicWriter) -> None:
+        self.dropped[drop.rule] += 1
+        if len(self.examples[drop.rule]) < EXAMPLES_PER_RULE:
+            self.examples[drop.rule].append({"id": sample.id, "reason": drop.reason, "completion": sample.text[:200]})
+        sample.meta["rejected"] = {"rule": drop.rule, "reason": drop.reason}
+        writer.write(sample.to_json())
 
 
 def run(cfg: FilterConfig) -> dict[str, Any]:
@@ -49,28 +70,67 @@ def run(cfg: FilterConfig) -> dict[str, Any]:
         if written.resolve() == Path(cfg.input).resolve():
             raise ConfigError(f"--output {output} would overwrite the input file {cfg.input}: choose another name")
     rules = build_rules(cfg)
-    dropped: Counter[str] = Counter()
-    examples: dict[str, list[dict[str, str]]] = {}
-    total = 0
-    with AtomicWriter(output) as kept, AtomicWriter(rejected_path) as rejected:
-        with progress_bar(None, "filter") as bar:
-            for sample in read_samples(cfg.input):
-                total += 1
-                bar.advance()
-                drop = _first_drop(rules, sample)
-                if drop is None:
-                    kept.write(sample.to_json())
-                    continue
-                rule_name, reason = drop
-                dropped[rule_name] += 1
-                examples.setdefault(rule_name, [])
-                if len(examples[rule_name]) < EXAMPLES_PER_RULE:
-                    examples[rule_name].append({"id": sample.id, "reason": reason, "completion": sample.text[:200]})
-                sample.meta["rejected"] = {"rule": rule_name, "reason": reason}
-                rejected.write(sample.to_json())
-    report = _report(cfg, total, kept.count, dropped, examples, rules)
+    funnel = _Funnel()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with (
+        AtomicWriter(output) as kept,
+        AtomicWriter(rejected_path) as rejected,
+        tempfile.TemporaryFile("w+", encoding="utf-8", dir=output.parent) as survivors,
+    ):
+        total, candidates, pass_counts = _first_pass(cfg, rules, funnel, rejected, survivors)
+        selected = _select(cfg, candidates)
+        survivors.seek(0)
+        for line in survivors:
+            sample = Sample.model_validate_json(line)
+            if cfg.check != "none":
+                correct, seen = pass_counts[sample.prompt_id]
+                sample.meta["pass_rate"] = round(correct / seen, 4)
+            if sample.id in selected:
+                kept.write(sample.to_json())
+            else:
+                reason = f"prompt already has {cfg.max_per_prompt} kept samples (selection: {cfg.selection})"
+                funnel.reject(sample, Drop("max_per_prompt", reason), rejected)
+    report = _report(cfg, total, kept.count, funnel, rules)
     write_json(report_path, report)
     return report
+
+
+def _first_pass(cfg, rules, funnel, rejected, survivors):
+    """Apply the per-sample rules; rejects are written, survivors set aside. Returns counts for selection."""
+    total = 0
+    candidates: list[tuple[str, str, int, int]] = []  # (prompt_id, sample id, completion length, input order)
+    pass_counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # prompt_id -> [correct, samples]
+    with progress_bar(None, "filter") as bar:
+        for sample in read_samples(cfg.input):
+            total += 1
+            bar.advance()
+            drop = _first_drop(rules, sample)
+            counts = pass_counts[sample.prompt_id]
+            counts[1] += 1
+            counts[0] += (sample.meta.get("check") or {}).get("result") == "correct"
+            if drop is not None:
+                funnel.reject(sample, drop, rejected)
+                continue
+            survivors.write(sample.to_json() + "\n")
+            candidates.append((sample.prompt_id, sample.id, len(sample.text), total))
+    return total, candidates, pass_counts
+
+
+def _select(cfg: FilterConfig, candidates: list[tuple[str, str, int, int]]) -> set[str]:
+    """Ids kept by the selection policy: at most `max_per_prompt` per prompt (all of them when unset)."""
+    if not cfg.max_per_prompt:
+        return {sid for _, sid, _, _ in candidates}
+    by_prompt: dict[str, list[tuple[str, str, int, int]]] = defaultdict(list)
+    for cand in candidates:
+        by_prompt[cand[0]].append(cand)
+    chosen: set[str] = set()
+    for group in by_prompt.values():
+        if cfg.selection == "shortest":
+            group = sorted(group, key=lambda c: (c[2], c[3]))
+        elif cfg.selection == "random":  # seeded by sample id: the same input gives the same choice
+            group = sorted(group, key=lambda c: hashlib.sha256(f"{cfg.seed}:{c[1]}".encode()).digest())
+        chosen.update(sid for _, sid, _, _ in group[: cfg.max_per_prompt])
+    return chosen
 
 
 def _first_drop(rules: list[Rule], sample) -> Drop | None:
@@ -80,22 +140,21 @@ def _first_drop(rules: list[Rule], sample) -> Drop | None:
     return None
 
 
-def _report(cfg, total, kept, dropped, examples, rules) -> dict[str, Any]:
-    funnel = []
+def _report(cfg: FilterConfig, total: int, kept: int, funnel: _Funnel, rules: list[Rule]) -> dict[str, Any]:
+    rows = []
     remaining = total
+    active = {r.name for r in rules} | ({"max_per_prompt"} if cfg.max_per_prompt else set())
+    if "answer" in active:
+        active |= {"wrong_answer", "unverifiable"}
     for name in FUNNEL_ORDER:
-        if name not in dropped and not _rule_active(name, rules):
+        if name not in funnel.dropped and name not in active:
             continue
-        funnel.append(
-            {
-                "rule": name,
-                "in": remaining,
-                "dropped": dropped[name],
-                "kept": remaining - dropped[name],
-                "examples": examples.get(name, []),
-            }
-        )
-        remaining -= dropped[name]
+        dropped = funnel.dropped[name]
+        rows.append(
+            {"rule": name, "in": remaining, "dropped": dropped, "kept": remaining - dropped,
+             "examples": funnel.examples.get(name, [])}
+        )  # fmt: skip
+        remaining -= dropped
     answer = next((r for r in rules if isinstance(r, AnswerCheck)), None)
     output = cfg.output_path()
     rejected_path, report_path = side_paths(output)
@@ -106,13 +165,6 @@ def _report(cfg, total, kept, dropped, examples, rules) -> dict[str, Any]:
         "report": str(report_path),
         "total": total,
         "kept": kept,
-        "funnel": funnel,
+        "funnel": rows,
         "answer_check": {"name": cfg.check, **dict(answer.verdicts)} if answer else {"name": "none"},
     }
-
-
-def _rule_active(name: str, rules: list[Rule]) -> bool:
-    names = {r.name for r in rules}
-    if name in ("wrong_answer", "unverifiable"):
-        return "answer" in names
-    return name in names
