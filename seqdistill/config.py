@@ -136,6 +136,30 @@ class FilterConfig(_Config):
     keep_unverifiable: bool = Field(False, description="Keep samples whose answer cannot be verified.")
     drop_truncated: bool = Field(True, description="Drop samples with finish_reason 'length'.")
     dedup: bool = Field(True, description="Drop exact duplicate (prompt, normalized completion) pairs.")
+    min_tokens: int | None = Field(None, ge=0, description="Drop completions shorter than this (tokens).")
+    max_tokens: int | None = Field(None, ge=1, description="Drop completions longer than this (tokens).")
+    tokenizer: str | None = Field(
+        None, description="Model whose tokenizer counts tokens for min/max_tokens (the student); default: words."
+    )
+    require_think: bool = Field(False, description="Drop completions without a closed <think> block.")
+    max_repetition: float | None = Field(
+        None, gt=0, le=1, description="Drop completions whose repeated word 4-gram ratio exceeds this."
+    )
+    drop_refusals: bool = Field(True, description="Drop completions with a refusal phrase.")
+    refusal_phrases: list[str] | None = Field(None, description="Refusal phrases (default: a built-in list).")
+    decontaminate: list[str] = Field(
+        default_factory=list, description="Eval sets (files, dataset dirs or hub names) whose prompts must not leak."
+    )
+    decontam_ngram: int = Field(13, ge=1, description="Word n-gram length for decontamination.")
+    near_dup_threshold: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Drop completions this similar (MinHash Jaccard) to a kept one of the same prompt.",
+    )
+    near_dup_prompt_threshold: float | None = Field(
+        None, gt=0, le=1, description="Drop prompts this similar to an earlier prompt (all their samples)."
+    )
     max_per_prompt: int | None = Field(None, ge=1, description="Keep at most K samples per prompt.")
     selection: Literal["first", "shortest", "random"] = Field(
         "first", description="Which K samples a prompt keeps: first in the file, shortest, or random (seeded)."

@@ -4,7 +4,15 @@ import threading
 
 import pytest
 
-from seqdistill.checks.answers import CHECKERS, Verdict, check, get_checker, last_boxed
+from seqdistill.checks.answers import (
+    CHECKERS,
+    Verdict,
+    check,
+    get_checker,
+    last_boxed,
+    make_regex_checker,
+    run_check,
+)
 from seqdistill.errors import ConfigError
 
 # (completion, reference, expected correct, expected answer or None to skip the answer assertion)
@@ -143,11 +151,11 @@ def test_checker_keys():
         assert get_checker(name) is fn
 
 
-@pytest.mark.parametrize("name", ["none", "regex", "", "MATH"])
+@pytest.mark.parametrize("name", ["none", "Regex", "", "MATH"])
 def test_unknown_checker_raises_config_error(name):
     with pytest.raises(ConfigError) as info:
         get_checker(name)
-    assert str(info.value) == f"unknown check {name!r}; choose one of: exact, math, numeric, choice, none"
+    assert str(info.value) == f"unknown check {name!r}; choose one of: exact, math, numeric, choice, regex, none"
 
 
 def test_check_with_unknown_name_raises_config_error():
@@ -214,3 +222,185 @@ def test_math_in_worker_thread():
 )
 def test_last_boxed(text, expected):
     assert last_boxed(text) == expected
+
+
+# ---------------------------------------------------------------------------- regex
+
+REGEX_CASES = [
+    # (pattern, completion, reference, expected correct, expected answer or None)
+    (r"ANSWER:\s*(\w+)", "ANSWER: Paris", "paris", True, "paris"),
+    (r"ANSWER:\s*(\w+)", "ANSWER: Rome ... no, ANSWER: Paris", "Paris", True, "paris"),  # last match wins
+    (r"ANSWER:\s*(\w+)", "ANSWER: Paris ... no, ANSWER: Rome", "Paris", False, "rome"),
+    (r"ANSWER:\s*(.+)", "ANSWER:   New   York. ", "new york", True, "new york"),  # exact normalisation
+    (r"ANSWER:\s*(.+)", "ANSWER: $42$.", "42", True, "42"),
+    (r"#### (\S+)", "work...\n#### 18\n", "18", True, "18"),  # GSM8K style
+    (r"\d+", "first 3 then 17", "17", True, "17"),  # no group: the whole (last) match
+    (r"final: (\w+)", "no marker at all", "x", None, None),
+    (r"final: (\w*)", "final: ", "x", None, None),  # empty capture is no answer
+    (r"final: (\w+)?", "final: ", "x", None, None),  # optional group that did not take part
+    (r"final: (\w+)", "final: x", "   ", None, None),  # caught by check(): no reference
+    (r"final: (\w+)", "final: x", "$.$", None, None),  # reference empty after normalisation
+    (r"(?i)answer is (\w+)", "The ANSWER IS Blue", "blue", True, "blue"),
+]
+
+
+@pytest.mark.parametrize(("pattern", "completion", "reference", "correct", "answer"), REGEX_CASES)
+def test_regex(pattern, completion, reference, correct, answer):
+    verdict = check("regex", completion, reference, pattern=pattern)
+    assert verdict.correct is correct, verdict
+    if answer is not None:
+        assert verdict.answer == answer
+    if correct is None:
+        assert verdict.answer is None
+
+
+def test_regex_factory_builds_independent_checkers():
+    digits, words = make_regex_checker(r"(\d+)"), get_checker("regex", pattern=r"([a-z]+)$")
+    assert digits("it is 7", "7").correct is True
+    assert words("it is seven", "seven").correct is True
+    assert digits("it is seven", "7").correct is None
+    assert words.pattern == r"([a-z]+)$"
+
+
+def test_regex_reason_text():
+    assert check("regex", "A: 3", "4", pattern=r"A: (\d)").reason == "answer '3' != reference '4'"
+    assert check("regex", "nothing", "4", pattern=r"A: (\d)").reason == "check_pattern does not match the completion"
+
+
+@pytest.mark.parametrize("options", [{}, {"pattern": None}, {"pattern": ""}])
+def test_regex_without_pattern_is_config_error(options):
+    with pytest.raises(ConfigError, match="check_pattern"):
+        get_checker("regex", **options)
+    with pytest.raises(ConfigError, match="check_pattern"):
+        check("regex", "42", "42", **options)
+
+
+@pytest.mark.parametrize("pattern", ["(unclosed", "*x", "[a-"])
+def test_regex_bad_pattern_is_config_error(pattern):
+    with pytest.raises(ConfigError, match="check_pattern") as info:
+        get_checker("regex", pattern=pattern)
+    assert repr(pattern) in str(info.value)
+
+
+def test_regex_unknown_option_is_config_error():
+    with pytest.raises(ConfigError, match="flags"):
+        get_checker("regex", pattern="x", flags=1)
+
+
+def test_plain_checkers_reject_options_but_ignore_none_pattern():
+    assert get_checker("math", pattern=None) is CHECKERS["math"]  # a config may always pass check_pattern
+    with pytest.raises(ConfigError, match="pattern"):
+        get_checker("numeric", pattern=r"\d+")
+
+
+def test_regex_garbage_completion_does_not_raise():
+    verdict = check("regex", None, "42", pattern=r"(\d+)")
+    assert verdict.correct is None and verdict.reason.startswith("checker error: TypeError")
+
+
+def test_run_check_matches_check():
+    checker = get_checker("regex", pattern=r"is (\d+)")
+    assert run_check(checker, "it is 5", "5") == check("regex", "it is 5", "5", pattern=r"is (\d+)")
+    assert run_check(checker, "it is 5", None) == Verdict(None, "no reference answer", None)
+
+
+# ---------------------------------------------------------------------------- awkward cases
+# The cases that break other tools' answer checkers, across checkers: (checker, completion,
+# reference, expected correct). Regex cases use the pattern r"ANSWER:\s*(.+)".
+
+_XFAIL = "math_verify limitation"
+AWKWARD_CASES = [
+    # mixed numbers
+    ("math", r"The answer is \boxed{3\frac{1}{2}}", "3.5", True),
+    ("math", r"The answer is \boxed{3\frac{1}{2}}", r"\frac{7}{2}", True),
+    ("math", r"So it is $3\frac12$", "3.5", True),
+    ("math", r"\boxed{2\frac{1}{4}}", "2.5", False),
+    # percentages
+    ("math", r"\boxed{50\%}", "50", True),
+    ("math", r"\boxed{50\%}", "0.5", True),
+    ("math", r"\boxed{0.5}", r"50\%", True),
+    ("math", "The answer is 25%", "25", True),
+    ("math", r"\boxed{40\%}", "50", False),
+    ("numeric", "The discount is 15%.", "15", True),
+    # units text
+    ("math", r"\boxed{42 \text{ cm}}", "42", True),
+    ("math", "The length is 42 cm", "42", True),
+    ("math", r"\boxed{42\,\mathrm{cm}}", "42", True),
+    ("math", r"\boxed{\$18.50}", "18.5", True),
+    ("numeric", "It weighs 3.5 kg in total.", "3.5", True),
+    ("numeric", "She earns $1,250 per week", "1250", True),
+    # intervals and sets
+    ("math", r"\boxed{[1, 3)}", "[1,3)", True),
+    ("math", r"\boxed{(1,3]}", "[1,3)", False),  # open/closed ends matter
+    ("math", r"\boxed{(-\infty, 2]}", r"(-\infty,2]", True),
+    ("math", r"\boxed{\{1,2,3\}}", r"\{3,2,1\}", True),  # sets are unordered
+    ("math", r"\boxed{1, 2}", r"\{1,2\}", True),
+    ("math", r"\boxed{1, 2}", "2, 1", True),
+    ("math", r"\boxed{x \in [0, 1]}", "[0,1]", True),
+    ("math", r"\boxed{\{1,2\}}", r"\{1,2,3\}", False),
+    # equivalent algebraic forms
+    ("math", r"\boxed{2x+2}", "2(x+1)", True),
+    ("math", r"\boxed{x^2-1}", "(x-1)(x+1)", True),
+    ("math", r"\boxed{\frac{x^2-1}{x-1}}", "x+1", True),
+    ("math", r"\boxed{\sin^2 x + \cos^2 x}", "1", True),
+    ("math", r"\boxed{\sqrt{8}}", r"2\sqrt{2}", True),
+    ("math", r"\boxed{\frac{1}{\sqrt{2}}}", r"\frac{\sqrt{2}}{2}", True),
+    ("math", r"\boxed{y=2x+1}", "y = 1 + 2x", True),
+    ("math", r"\boxed{x=3}", "3", True),
+    ("math", r"\boxed{10^{3}}", "1000", True),
+    ("math", r"\boxed{2x+1}", "2(x+1)", False),
+    ("math", r"\boxed{\frac{1}{3}}", "0.333", False),  # a rounded reference is not 1/3
+    # \dfrac, \tfrac
+    ("math", r"\boxed{\dfrac{3}{4}}", "0.75", True),
+    ("math", r"\boxed{\tfrac{3}{4}}", "0.75", True),
+    ("math", r"\boxed{-\dfrac{1}{2}}", "-0.5", True),
+    ("numeric", r"\boxed{\dfrac{3}{4}}", "0.75", True),
+    ("numeric", r"\boxed{\tfrac{3}{8}}", "0.375", True),
+    # thousands commas
+    ("math", r"\boxed{1,000,000}", "1000000", True),
+    ("math", "The answer is 12,345.", "12345", True),
+    ("math", r"\boxed{1,234}", "1,234", True),
+    ("numeric", "1,000,000 people", "1000000", True),
+    ("numeric", "the list 1,2,3", "3", True),  # not a thousands group
+    # last \boxed{} wins
+    ("math", r"\boxed{1} then \boxed{2}", "2", True),
+    ("math", r"\boxed{1} then \boxed{2}", "1", False),
+    ("numeric", r"\boxed{1} no wait \boxed{2}", "1", False),
+    ("choice", r"\boxed{A} no, \boxed{C}", "C", True),
+    ("exact", r"\boxed{Rome} no, \boxed{Paris}", "Paris", True),
+    ("math", r"\boxed{\frac{1}{2}} and finally \boxed{\frac{2}{3}}", r"\frac{2}{3}", True),
+    # Markdown bold
+    ("math", "**73**", "73", True),
+    ("math", "The answer is **73**.", "73", True),
+    ("numeric", "The answer is **73**.", "73", True),
+    ("choice", "So I choose **B**.", "B", True),
+    ("choice", "**Answer: (D)**", "D", True),
+    # user pattern
+    ("regex", "ANSWER: 1,000", "1,000", True),
+    ("regex", "ANSWER: Paris\nANSWER: **Lyon**", "lyon", False),  # regex is literal: no markdown stripping
+    # genuine limitation, kept visible: math_verify compares pi with the reference's precision
+    pytest.param(
+        "math",
+        r"\boxed{\pi}",
+        "3.14159",
+        True,
+        marks=pytest.mark.xfail(strict=True, reason=_XFAIL + ": pi vs 5 decimals"),
+    ),
+    # more phrasing / notation traps
+    ("math", r"\boxed{a=2, b=3}", "2, 3", True),  # named solutions vs a bare tuple
+    ("numeric", "The temperature is \u22125 degrees", "-5", True),  # Unicode minus
+    ("choice", r"\boxed{\text{(B)}}", "B", True),
+    ("math", r"Hence $\boxed{42}$.", "42", True),
+    ("exact", r"\boxed{\text{Paris}}", "Paris", False),  # exact does not strip LaTeX
+]
+
+
+@pytest.mark.parametrize(("checker", "completion", "reference", "correct"), AWKWARD_CASES)
+def test_awkward(checker, completion, reference, correct):
+    options = {"pattern": r"ANSWER:\s*(.+)"} if checker == "regex" else {}
+    verdict = check(checker, completion, reference, **options)
+    assert verdict.correct is correct, verdict
+
+
+def test_awkward_case_count():
+    assert len(AWKWARD_CASES) >= 60

@@ -31,6 +31,8 @@ EXPECTED_FUNNEL = [
     # rule, in, dropped, kept
     ("malformed", 10, 2, 8),
     ("truncated", 8, 1, 7),
+    ("think", 7, 0, 7),  # always on: drops only an unclosed <think>
+    ("refusal", 7, 0, 7),  # on by default
     ("wrong_answer", 7, 1, 6),
     ("unverifiable", 6, 1, 5),
     ("duplicate", 5, 1, 4),
@@ -126,7 +128,13 @@ def test_default_output_name(samples, tmp_path):
 def test_check_none_skips_answer_checking(samples, tmp_path):
     out = tmp_path / "kept.jsonl"
     report = _run(samples, out, check="none")
-    assert _funnel(report) == [("malformed", 10, 2, 8), ("truncated", 8, 1, 7), ("duplicate", 7, 1, 6)]
+    assert _funnel(report) == [
+        ("malformed", 10, 2, 8),
+        ("truncated", 8, 1, 7),
+        ("think", 7, 0, 7),
+        ("refusal", 7, 0, 7),
+        ("duplicate", 7, 1, 6),
+    ]
     assert report["answer_check"] == {"name": "none"}
     kept = read_jsonl(out)
     # the wrong and the unverifiable samples are kept; no check is recorded
@@ -157,7 +165,7 @@ def test_max_per_prompt(samples, tmp_path):
 def test_dedup_and_truncation_can_be_disabled(samples, tmp_path):
     out = tmp_path / "kept.jsonl"
     report = _run(samples, out, check="none", dedup=False, drop_truncated=False)
-    assert _funnel(report) == [("malformed", 10, 2, 8)]
+    assert _funnel(report) == [("malformed", 10, 2, 8), ("think", 8, 0, 8), ("refusal", 8, 0, 8)]
     assert report["kept"] == 8
 
 
@@ -339,3 +347,50 @@ def test_pass_rate_is_recorded_per_prompt(tmp_path):
     filter_stage.run(FilterConfig(input=str(src), output=str(out), check="math"))
     rates = {r["prompt_id"]: r["meta"]["pass_rate"] for r in read_jsonl(out)}
     assert rates == {"p1": 0.8, "p2": 1.0}
+
+
+def test_near_duplicates_are_opt_in_rows_of_the_funnel(tmp_path):
+    base = "First the tens: twenty plus twenty is forty. Then the ones: one plus one is two. So \\boxed{42}."
+    rows = [
+        make_sample("p1", 0, base, id="a"),
+        make_sample("p1", 1, base.replace("So", "Thus"), id="b"),  # near-duplicate of a
+        make_sample("p1", 2, "The answer is \\boxed{42}, since 21 doubled is 42 as everyone knows.", id="c"),
+    ]
+    src = write_jsonl(tmp_path / "s.jsonl", rows)
+    plain = filter_stage.run(FilterConfig(input=str(src), output=str(tmp_path / "k1.jsonl"), check="math"))
+    assert plain["kept"] == 3 and "near_duplicate" not in {r["rule"] for r in plain["funnel"]}
+    report = filter_stage.run(
+        FilterConfig(input=str(src), output=str(tmp_path / "k2.jsonl"), check="math", near_dup_threshold=0.5)
+    )
+    row = {r["rule"]: r for r in report["funnel"]}["near_duplicate"]
+    assert (row["dropped"], report["kept"]) == (1, 2)
+    assert [r["id"] for r in read_jsonl(tmp_path / "k2.jsonl")] == ["a", "c"]
+
+
+def test_quality_rules_and_decontamination_in_the_stage(tmp_path):
+    leaked = "A train leaves the station at nine and travels sixty miles per hour for three hours. How far?"
+    evalset = write_jsonl(tmp_path / "eval.jsonl", [{"question": leaked}])
+    rows = [
+        make_sample("p1", 0, "Short. \\boxed{42}", id="short"),
+        make_sample("p2", 0, "I'm sorry, but I can't help with that. \\boxed{42}", id="refused"),
+        make_sample("p3", 0, "<think>working it out step by step \\boxed{42}", id="unclosed"),
+        make_sample("p4", 0, "We multiply sixty by three to get the distance, which is \\boxed{42}.", id="ok"),
+        make_sample(
+            "p5",
+            0,
+            "Distance is speed times time, so the answer is \\boxed{42} miles.",
+            id="leak",
+            prompt=[{"role": "user", "content": leaked}],
+        ),
+    ]
+    src = write_jsonl(tmp_path / "s.jsonl", rows)
+    cfg = FilterConfig(
+        input=str(src), output=str(tmp_path / "k.jsonl"), check="math", min_tokens=5, decontaminate=[str(evalset)]
+    )
+    report = filter_stage.run(cfg)
+    rejected = {r["id"]: r["meta"]["rejected"]["rule"] for r in read_jsonl(tmp_path / "k.rejected.jsonl")}
+    assert rejected == {"leak": "contaminated", "short": "length", "unclosed": "think", "refused": "refusal"}
+    assert [r["id"] for r in read_jsonl(tmp_path / "k.jsonl")] == ["ok"]
+    assert report["decontamination"] == {str(evalset): 1}
+    order = [r["rule"] for r in report["funnel"]]
+    assert order.index("contaminated") < order.index("length") < order.index("think") < order.index("refusal")

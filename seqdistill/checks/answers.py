@@ -190,7 +190,8 @@ def check_numeric(completion: str, reference: str) -> Verdict:
 
 # ---------------------------------------------------------------------------- choice
 
-_LETTER_BOX_RE = re.compile(r"\s*\(?\s*(?:\\text\{\s*)?([A-Ja-j])\s*\}?\s*\)?\s*\.?\s*")
+# Accepts B, (B), \text{B}, \text{(B)}, \textbf{B}, (\text{B}).
+_LETTER_BOX_RE = re.compile(r"\s*\(?\s*(?:\\text(?:bf)?\{\s*)?\(?\s*([A-Ja-j])\s*\)?\s*\}?\s*\)?\s*\.?\s*")
 # Lower-case letters only count when parenthesised: "the answer is a bit..." must not mean A.
 _ANSWER_PHRASE_RE = re.compile(
     r"answer\s*(?:is|:)?\s*:?\s*(?:option\s*|choice\s*)?[*$\s]*(?:\(([A-Ja-j])\)|([A-J])(?![A-Za-z0-9]))",

@@ -6,7 +6,6 @@ always gets the same verdict, whatever came before it.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 from seqdistill.checks.rules import Drop, Rule

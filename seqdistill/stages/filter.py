@@ -1,11 +1,13 @@
 """filter: keep the samples worth learning from; write kept, rejected (with reasons) and a funnel report.
 
-Rules in order: malformed -> truncated -> answer check (wrong / unverifiable) -> exact duplicate ->
-selection (at most K per prompt, by a policy). Two streaming passes: the first applies the per-sample
-rules, writes rejects at once and sets the survivors aside in a temporary file; the second keeps up to
-K survivors per prompt (first / shortest / random, seeded) and records each prompt's pass rate
-(correct / samples) in `meta.pass_rate`. Memory holds one small entry per survivor, not the samples.
-Outputs are written atomically, and the same input and config give byte-identical outputs.
+Rules in order: malformed -> decontamination -> near-duplicate prompt -> truncated -> quality (length,
+think, repetition, refusal) -> answer check (wrong / unverifiable) -> exact duplicate -> near-duplicate
+completion -> selection (at most K per prompt, by a policy). Two streaming passes: the first applies the
+per-sample rules, writes rejects at once and sets the survivors aside in a temporary file; the second
+keeps up to K survivors per prompt (first / shortest / random, seeded) and records each prompt's pass
+rate (correct / samples) in `meta.pass_rate`. Memory holds one small entry per survivor (plus the dedup
+indexes), not the samples. Outputs are written atomically; the same input and config give
+byte-identical outputs.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
+from seqdistill.checks.decontam import Decontaminate, load_eval_texts
+from seqdistill.checks.near_dup import NearDuplicateCompletion, NearDuplicatePrompt
+from seqdistill.checks.quality import Length, Refusal, Repetition, Think
 from seqdistill.checks.rules import AnswerCheck, Drop, ExactDuplicate, Rule, Truncated, WellFormed
 from seqdistill.config import FilterConfig
 from seqdistill.errors import ConfigError
@@ -25,20 +30,48 @@ from seqdistill.progress import progress_bar
 from seqdistill.records import Sample
 
 log = logging.getLogger(__name__)
-FUNNEL_ORDER = ["malformed", "truncated", "wrong_answer", "unverifiable", "duplicate", "max_per_prompt"]
+FUNNEL_ORDER = [
+    "malformed", "contaminated", "near_duplicate_prompt", "truncated", "length", "think", "repetition", "refusal",
+    "wrong_answer", "unverifiable", "duplicate", "near_duplicate", "max_per_prompt",
+]  # fmt: skip
 EXAMPLES_PER_RULE = 3
 
 
 def build_rules(cfg: FilterConfig) -> list[Rule]:
     """The per-sample rules of the first pass, in order (selection is the second pass)."""
     rules: list[Rule] = [WellFormed()]
+    if cfg.decontaminate:
+        rules.append(Decontaminate(load_eval_texts(cfg.decontaminate), cfg.decontam_ngram))
+    if cfg.near_dup_prompt_threshold:
+        rules.append(NearDuplicatePrompt(cfg.near_dup_prompt_threshold))
     if cfg.drop_truncated:
         rules.append(Truncated())
+    if cfg.min_tokens is not None or cfg.max_tokens is not None:
+        rules.append(Length(cfg.min_tokens, cfg.max_tokens, _token_counter(cfg.tokenizer)))
+    rules.append(Think(cfg.require_think))
+    if cfg.max_repetition is not None:
+        rules.append(Repetition(max_ratio=cfg.max_repetition))
+    if cfg.drop_refusals:
+        rules.append(Refusal(cfg.refusal_phrases))
     if cfg.check != "none":
         rules.append(AnswerCheck(cfg.check, cfg.keep_unverifiable))
     if cfg.dedup:
         rules.append(ExactDuplicate())
+    if cfg.near_dup_threshold:
+        rules.append(NearDuplicateCompletion(cfg.near_dup_threshold))
     return rules
+
+
+def _token_counter(model: str | None):
+    """Token count with the student's tokenizer, or None (the Length rule then counts words)."""
+    if model is None:
+        return None
+    from transformers import AutoTokenizer
+
+    from seqdistill.models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
+    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def side_paths(output: Path) -> tuple[Path, Path]:
@@ -167,4 +200,5 @@ def _report(cfg: FilterConfig, total: int, kept: int, funnel: _Funnel, rules: li
         "kept": kept,
         "funnel": rows,
         "answer_check": {"name": cfg.check, **dict(answer.verdicts)} if answer else {"name": "none"},
+        "decontamination": next((dict(r.hits) for r in rules if isinstance(r, Decontaminate)), {}),
     }
