@@ -78,6 +78,16 @@ def math_verify_timeouts_disabled() -> Iterator[None]:
         _outer_timeout_active = previous
 
 
+def _silence_math_verify_timeout_warning() -> None:
+    """math_verify warns once per module that "Timeout is disabled"; mark it as shown."""
+    import math_verify.grader
+    import math_verify.parser
+
+    for module in (math_verify.parser, math_verify.grader):
+        if getattr(module, "TIMEOUT_WARNING_SHOWN", True) is False:
+            module.TIMEOUT_WARNING_SHOWN = True
+
+
 def _mv_kwargs() -> tuple[dict, dict]:
     """Keyword arguments for math_verify's parse / verify in the current thread.
 
@@ -99,6 +109,8 @@ def check_math(completion: str, reference: str) -> Verdict:
     from math_verify import parse, verify  # heavy import (sympy): only pay for it when used
 
     parse_kw, verify_kw = _mv_kwargs()
+    if _outer_timeout_active:
+        _silence_math_verify_timeout_warning()  # the caller does bound the time: the warning would mislead
     # A bare reference such as "(x+1)^2" only parses inside math delimiters, and outside them
     # "2(x+1)", "2\\sqrt{2}" or "1, 2" parse as their last number; so wrap first unless the
     # reference already carries its own delimiters.
