@@ -132,7 +132,14 @@ class GenerateConfig(_Config):
 class FilterConfig(_Config):
     input: str | None = Field(None, description="Samples file to filter.")
     output: str | None = Field(None, description="Kept samples (default: <input stem>.kept.jsonl).")
-    check: str = Field("math", description="Answer check: math | numeric | choice | exact | none.")
+    check: str = Field("math", description="Answer check: math | numeric | choice | exact | regex | none.")
+    check_pattern: str | None = Field(None, description="check regex: the pattern whose first group is the answer.")
+    check_timeout: float = Field(5.0, gt=0, description="Seconds one answer check may take (then: unverifiable).")
+    workers: int = Field(0, ge=0, description="Processes for answer checks (0: in this process).")
+    vote: bool = Field(
+        False, description="Prompts without a reference: the teacher's majority answer becomes the reference."
+    )
+    min_agreement: float = Field(0.5, gt=0, le=1, description="Voting: share of samples the majority needs.")
     keep_unverifiable: bool = Field(False, description="Keep samples whose answer cannot be verified.")
     drop_truncated: bool = Field(True, description="Drop samples with finish_reason 'length'.")
     dedup: bool = Field(True, description="Drop exact duplicate (prompt, normalized completion) pairs.")

@@ -394,3 +394,69 @@ def test_quality_rules_and_decontamination_in_the_stage(tmp_path):
     assert report["decontamination"] == {str(evalset): 1}
     order = [r["rule"] for r in report["funnel"]]
     assert order.index("contaminated") < order.index("length") < order.index("think") < order.index("refusal")
+
+
+# --- self-consistency voting, worker processes, timeouts ---------------------------------------------
+
+
+def test_voting_labels_unlabelled_prompts_with_the_majority_answer(tmp_path):
+    def unlabelled(pid, answers):  # distinct texts (draft i), so exact dedup keeps them all
+        return [make_sample(pid, i, f"draft {i}: so \\boxed{{{a}}}", id=f"{pid}-{i}", reference=None)
+                for i, a in enumerate(answers)]  # fmt: skip
+
+    rows = unlabelled("u1", "77787") + unlabelled("u2", "1234")
+    rows.append(make_sample("l1", 0, "so \\boxed{5}", id="l1-0", reference="6"))  # labelled: its reference rules
+    src = write_jsonl(tmp_path / "s.jsonl", rows)
+    out = tmp_path / "k.jsonl"
+    report = filter_stage.run(
+        FilterConfig(input=str(src), output=str(out), check="math", vote=True, min_agreement=0.6)
+    )
+    kept = read_jsonl(out)
+    assert [r["id"] for r in kept] == ["u1-0", "u1-1", "u1-2", "u1-4"]  # the 7s: 4 of 5 agree
+    assert all(r["meta"]["vote"] == {"answer": "7", "agreement": 0.8} and r["reference"] == "7" for r in kept)
+    rejected = {r["id"]: r for r in read_jsonl(tmp_path / "k.rejected.jsonl")}
+    assert rejected["u1-3"]["meta"]["rejected"]["rule"] == "wrong_answer"
+    # u2: no answer reaches 60% agreement: unverifiable, with its agreement recorded
+    assert {rejected[f"u2-{i}"]["meta"]["rejected"]["rule"] for i in range(4)} == {"unverifiable"}
+    assert rejected["u2-0"]["meta"]["vote"] == {"answer": None, "agreement": 0.25}
+    assert rejected["l1-0"]["meta"]["rejected"]["rule"] == "wrong_answer" and "vote" not in rejected["l1-0"]["meta"]
+    assert report["answer_check"]["correct"] == 4
+
+
+def test_worker_processes_give_byte_identical_outputs(samples, tmp_path):
+    outs = []
+    for workers in (0, 2):
+        out = tmp_path / f"w{workers}" / "kept.jsonl"
+        filter_stage.run(
+            FilterConfig(input=str(samples), output=str(out), check="math", workers=workers, max_per_prompt=2)
+        )
+        outs.append([(out.parent / n).read_bytes() for n in ("kept.jsonl", "kept.rejected.jsonl")])
+    assert outs[0] == outs[1]
+
+
+def test_a_hanging_check_times_out_and_counts_as_unverifiable(tmp_path, monkeypatch):
+    import time
+
+    from seqdistill.checks import answers
+
+    def slow(completion, reference):
+        if "hang" in completion:
+            time.sleep(60)
+        return answers.check_exact(completion, reference)
+
+    monkeypatch.setitem(answers.CHECKERS, "exact", slow)
+    rows = [
+        make_sample("p1", 0, "\\boxed{42}", id="ok"),
+        make_sample("p2", 0, "hang \\boxed{42}", id="hang"),
+        make_sample("p3", 0, "\\boxed{42}", id="ok2"),
+    ]
+    src = write_jsonl(tmp_path / "s.jsonl", rows)
+    start = time.monotonic()
+    report = filter_stage.run(
+        FilterConfig(input=str(src), output=str(tmp_path / "k.jsonl"), check="exact", workers=1, check_timeout=0.5)
+    )
+    assert time.monotonic() - start < 20
+    assert [r["id"] for r in read_jsonl(tmp_path / "k.jsonl")] == ["ok", "ok2"]
+    hung = read_jsonl(tmp_path / "k.rejected.jsonl")[0]
+    assert hung["meta"]["rejected"]["rule"] == "unverifiable" and "timeout" in hung["meta"]["rejected"]["reason"]
+    assert report["answer_check"] == {"name": "exact", "correct": 2, "unverifiable": 1}

@@ -393,3 +393,18 @@ def run_check(checker: Checker, completion: str, reference: str | None) -> Verdi
         return checker(completion, reference)
     except Exception as e:  # one malformed sample must not abort a whole batch
         return Verdict(None, f"checker error: {type(e).__name__}: {e}", None)
+
+
+_PROBE = {"choice": "A"}  # a reference each checker can parse, so that it extracts the completion's answer
+
+
+def extract_answer(name: str, completion: str, **options) -> str | None:
+    """The answer checker `name` reads from `completion`, as a string (for majority voting); None if none.
+
+    Every checker extracts the completion's answer before comparing it, so checking against a probe
+    reference returns it (`Verdict.answer`) whatever the probe is.
+
+    >>> extract_answer("numeric", "so 1,200 + 34 = \\\\boxed{1,234}")
+    '1234'
+    """
+    return check(name, completion, _PROBE.get(name, "0"), **options).answer

@@ -13,7 +13,7 @@ import re
 from collections import Counter
 from typing import NamedTuple
 
-from seqdistill.checks.answers import check, get_checker
+from seqdistill.checks.answers import Verdict, check, get_checker
 from seqdistill.records import Sample
 
 
@@ -53,18 +53,24 @@ class Truncated(Rule):
 
 
 class AnswerCheck(Rule):
-    """Compare the final answer with `reference`; wrong and unverifiable are reported as separate rules."""
+    """Compare the final answer with `reference`; wrong and unverifiable are reported as separate rules.
+
+    The filter stage computes verdicts in batches (a `CheckPool`, in worker processes with a timeout) and
+    hands each to `decide`; calling the rule directly checks one sample inline.
+    """
 
     name = "answer"
 
-    def __init__(self, checker: str, keep_unverifiable: bool):
-        get_checker(checker)  # fail early on an unknown name
-        self.checker = checker
+    def __init__(self, checker: str, keep_unverifiable: bool, **options):
+        get_checker(checker, **options)  # fail early on an unknown name or a bad regex
+        self.checker, self.options = checker, options
         self.keep_unverifiable = keep_unverifiable
         self.verdicts: Counter[str] = Counter()
 
     def __call__(self, sample: Sample) -> Drop | None:
-        verdict = check(self.checker, sample.text, sample.reference)
+        return self.decide(sample, check(self.checker, sample.text, sample.reference, **self.options))
+
+    def decide(self, sample: Sample, verdict: Verdict) -> Drop | None:
         label = {True: "correct", False: "wrong", None: "unverifiable"}[verdict.correct]
         self.verdicts[label] += 1
         sample.meta["check"] = {"name": self.checker, "result": label, "answer": verdict.answer}

@@ -16,11 +16,15 @@ import hashlib
 import logging
 import tempfile
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from seqdistill.checks.answers import extract_answer
 from seqdistill.checks.decontam import Decontaminate, load_eval_texts
 from seqdistill.checks.near_dup import NearDuplicateCompletion, NearDuplicatePrompt
+from seqdistill.checks.pool import CheckPool
 from seqdistill.checks.quality import Length, Refusal, Repetition, Think
 from seqdistill.checks.rules import AnswerCheck, Drop, ExactDuplicate, Rule, Truncated, WellFormed
 from seqdistill.config import FilterConfig
@@ -35,6 +39,7 @@ FUNNEL_ORDER = [
     "wrong_answer", "unverifiable", "duplicate", "near_duplicate", "max_per_prompt",
 ]  # fmt: skip
 EXAMPLES_PER_RULE = 3
+BLOCK = 1024  # samples per batch of answer checks
 
 
 def build_rules(cfg: FilterConfig) -> list[Rule]:
@@ -54,12 +59,16 @@ def build_rules(cfg: FilterConfig) -> list[Rule]:
     if cfg.drop_refusals:
         rules.append(Refusal(cfg.refusal_phrases))
     if cfg.check != "none":
-        rules.append(AnswerCheck(cfg.check, cfg.keep_unverifiable))
+        rules.append(AnswerCheck(cfg.check, cfg.keep_unverifiable, **_check_options(cfg)))
     if cfg.dedup:
         rules.append(ExactDuplicate())
     if cfg.near_dup_threshold:
         rules.append(NearDuplicateCompletion(cfg.near_dup_threshold))
     return rules
+
+
+def _check_options(cfg: FilterConfig) -> dict[str, Any]:
+    return {"pattern": cfg.check_pattern} if cfg.check == "regex" else {}
 
 
 def _token_counter(model: str | None):
@@ -129,24 +138,88 @@ def run(cfg: FilterConfig) -> dict[str, Any]:
 
 
 def _first_pass(cfg, rules, funnel, rejected, survivors):
-    """Apply the per-sample rules; rejects are written, survivors set aside. Returns counts for selection."""
+    """Apply the per-sample rules; rejects are written, survivors set aside. Returns counts for selection.
+
+    Samples go through in blocks: the rules before the answer check, then the block's answer checks in
+    one batch (worker processes with a timeout), then the rules after it, each in input order.
+    """
     total = 0
     candidates: list[tuple[str, str, int, int]] = []  # (prompt_id, sample id, completion length, input order)
     pass_counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # prompt_id -> [correct, samples]
-    with progress_bar(None, "filter") as bar:
-        for sample in read_samples(cfg.input):
-            total += 1
-            bar.advance()
-            drop = _first_drop(rules, sample)
-            counts = pass_counts[sample.prompt_id]
-            counts[1] += 1
-            counts[0] += (sample.meta.get("check") or {}).get("result") == "correct"
-            if drop is not None:
-                funnel.reject(sample, drop, rejected)
-                continue
-            survivors.write(sample.to_json() + "\n")
-            candidates.append((sample.prompt_id, sample.id, len(sample.text), total))
+    cut = next((i for i, r in enumerate(rules) if isinstance(r, AnswerCheck)), len(rules))
+    before, answer, after = rules[:cut], (rules[cut] if cut < len(rules) else None), rules[cut + 1 :]
+    votes = _votes(cfg) if cfg.vote and answer is not None else {}
+    with (
+        (
+            CheckPool(cfg.check, cfg.workers, cfg.check_timeout, **_check_options(cfg)) if answer else nullcontext()
+        ) as pool,
+        progress_bar(None, "filter") as bar,
+    ):
+        for block in _blocks(read_samples(cfg.input), BLOCK):
+            total += len(block)
+            drops: list[Drop | None] = [_first_drop(before, s) for s in block]
+            if answer is not None:
+                for sample in block:
+                    _apply_vote(sample, votes)
+                pending = [i for i, d in enumerate(drops) if d is None]
+                verdicts = pool.map((block[i].text, block[i].reference) for i in pending)
+                for i, verdict in zip(pending, verdicts, strict=True):
+                    drops[i] = answer.decide(block[i], verdict)
+            for order, (sample, drop) in enumerate(zip(block, drops, strict=True), start=total - len(block) + 1):
+                drop = drop or _first_drop(after, sample)
+                counts = pass_counts[sample.prompt_id]
+                counts[1] += 1
+                counts[0] += (sample.meta.get("check") or {}).get("result") == "correct"
+                if drop is not None:
+                    funnel.reject(sample, drop, rejected)
+                    continue
+                survivors.write(sample.to_json() + "\n")
+                candidates.append((sample.prompt_id, sample.id, len(sample.text), order))
+            bar.advance(len(block))
     return total, candidates, pass_counts
+
+
+def _blocks(items: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
+    block: list[Sample] = []
+    for item in items:
+        block.append(item)
+        if len(block) == size:
+            yield block
+            block = []
+    if block:
+        yield block
+
+
+def _votes(cfg: FilterConfig) -> dict[str, tuple[str | None, float]]:
+    """Self-consistency: for each prompt without a reference, its majority answer and agreement rate.
+
+    A streaming pass over the input; answers are compared as the checker extracts them (normalised text).
+    """
+    answers: dict[str, Counter[str]] = defaultdict(Counter)
+    seen: Counter[str] = Counter()
+    for sample in read_samples(cfg.input):
+        if sample.reference or not sample.completion or sample.finish_reason == "length":
+            continue
+        seen[sample.prompt_id] += 1
+        answer = extract_answer(cfg.check, sample.text, **_check_options(cfg))
+        if answer:
+            answers[sample.prompt_id][answer] += 1
+    out: dict[str, tuple[str | None, float]] = {}
+    for pid, n in seen.items():
+        top = sorted(answers[pid].items(), key=lambda kv: (-kv[1], kv[0]))[:1]  # ties: the smaller string
+        answer, count = top[0] if top else (None, 0)
+        agreement = count / n
+        out[pid] = (answer if agreement >= cfg.min_agreement else None, round(agreement, 4))
+    return out
+
+
+def _apply_vote(sample: Sample, votes: dict[str, tuple[str | None, float]]) -> None:
+    """Give a sample of an unlabelled prompt its prompt's majority answer as the reference (if agreed)."""
+    if sample.reference or sample.prompt_id not in votes:
+        return
+    answer, agreement = votes[sample.prompt_id]
+    sample.meta["vote"] = {"answer": answer, "agreement": agreement}
+    sample.reference = answer  # None when too few samples agree: the sample is unverifiable
 
 
 def _select(cfg: FilterConfig, candidates: list[tuple[str, str, int, int]]) -> set[str]:
