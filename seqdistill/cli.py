@@ -146,13 +146,15 @@ def filter_cmd(
     input: Annotated[str | None, typer.Argument(help="Samples file to filter.")] = None,
     output: Annotated[str | None, typer.Option(help="Kept samples file (default <input>.kept.jsonl).")] = None,
     check: CheckOpt = None,
+    workers: Annotated[int | None, typer.Option(help="Processes for answer checks (0: in this process).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Keep correct, complete, unique samples; write rejects with reasons and a funnel report."""
     from seqdistill.stages import filter
 
-    report = filter.run(load_stage("filter", config, {"input": input, "output": output, "check": check}, set_))
+    flags = {"input": input, "output": output, "check": check, "workers": workers}
+    report = filter.run(load_stage("filter", config, flags, set_))
     _show_funnel(report)
 
 
