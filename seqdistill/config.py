@@ -132,7 +132,7 @@ class GenerateConfig(_Config):
 class FilterConfig(_Config):
     input: str | None = Field(None, description="Samples file to filter.")
     output: str | None = Field(None, description="Kept samples (default: <input stem>.kept.jsonl).")
-    check: str = Field("math", description="Answer check: math | numeric | choice | exact | regex | none.")
+    check: str = Field("math", description="Answer check: math | numeric | choice | exact | regex | code | none.")
     check_pattern: str | None = Field(None, description="check regex: the pattern whose first group is the answer.")
     check_timeout: float = Field(5.0, gt=0, description="Seconds one answer check may take (then: unverifiable).")
     workers: int = Field(0, ge=0, description="Processes for answer checks (0: in this process).")

@@ -155,7 +155,7 @@ def test_checker_keys():
 def test_unknown_checker_raises_config_error(name):
     with pytest.raises(ConfigError) as info:
         get_checker(name)
-    assert str(info.value) == f"unknown check {name!r}; choose one of: exact, math, numeric, choice, regex, none"
+    assert str(info.value) == f"unknown check {name!r}; choose one of: exact, math, numeric, choice, regex, code, none"
 
 
 def test_check_with_unknown_name_raises_config_error():

@@ -340,9 +340,16 @@ CHECKERS: dict[str, Checker] = {
 # Checkers that need options from the config: name -> factory(**options) -> Checker.
 CHECKER_FACTORIES: dict[str, Callable[..., Checker]] = {
     "regex": lambda pattern=None: make_regex_checker(pattern),  # type: ignore[arg-type]
+    "code": lambda pattern=None: _code_checker(),  # imported on use: it runs programs in subprocesses
 }
 
-CHECK_NAMES = ("exact", "math", "numeric", "choice", "regex", "none")
+CHECK_NAMES = ("exact", "math", "numeric", "choice", "regex", "code", "none")
+
+
+def _code_checker() -> Checker:
+    from seqdistill.checks.code import check_code
+
+    return check_code
 
 
 def get_checker(name: str, **options) -> Checker:
@@ -357,7 +364,7 @@ def get_checker(name: str, **options) -> Checker:
     True
     """
     if isinstance(name, str) and name in CHECKER_FACTORIES:
-        unknown = set(options) - {"pattern"}
+        unknown = {k for k, v in options.items() if k != "pattern" or (name == "code" and v is not None)}
         if unknown:
             raise ConfigError(f"check {name!r} does not take option(s): {', '.join(sorted(unknown))}")
         return CHECKER_FACTORIES[name](**options)
