@@ -177,13 +177,20 @@ def train_cmd(
     input: Annotated[str | None, typer.Argument(help="Kept samples file.")] = None,
     model: Annotated[str | None, typer.Option(help="Student model (HF dir, hub id, bundled:smollm2).")] = None,
     output: Annotated[str | None, typer.Option(help="Output directory for the trained student.")] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Only run the pre-flight check of data and template.")
+    ] = False,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """Fine-tune the student on the kept samples (TRL SFTTrainer, loss on completions only)."""
     from seqdistill.stages import train
 
-    report = train.run(load_stage("train", config, {"input": input, "model": model, "output": output}, set_))
+    cfg = load_stage("train", config, {"input": input, "model": model, "output": output}, set_)
+    if check:
+        _show("train --check: pre-flight passed", train.check(cfg))
+        return
+    report = train.run(cfg)
     _show("train", report)
 
 

@@ -189,6 +189,9 @@ class TrainConfig(_Config):
     batch_size: int = Field(8, ge=1, description="Per-device batch size.")
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_length: int | None = Field(None, ge=8, description="Token limit; default: the longest example.")
+    max_truncated_share: float = Field(
+        0.01, ge=0, le=1, description="Pre-flight: refuse to train when a larger share of examples would be cut."
+    )
     lr_scheduler_type: str = Field("linear")
     warmup_ratio: float = Field(0.0, ge=0, le=1)
     bf16: bool = Field(False, description="bfloat16 mixed precision (set explicitly: TRL turns it on).")

@@ -68,7 +68,9 @@ def test_train_moves_weights_and_saves_report(tiny_model, tmp_path):
 
 def test_explicit_short_max_length_reports_cut_samples(tiny_model, tmp_path, caplog):
     kept = _kept_file(tmp_path / "kept.jsonl", 4)
-    cfg = TrainConfig(input=str(kept), model=tiny_model, output=str(tmp_path / "s"), epochs=1, max_length=40)
+    cfg = TrainConfig(
+        input=str(kept), model=tiny_model, output=str(tmp_path / "s"), epochs=1, max_length=40, max_truncated_share=1
+    )
     report = train.run(cfg)
     assert report["truncated_examples"] == 4
     assert "cuts 4 of 4 samples" in caplog.text

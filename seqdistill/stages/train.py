@@ -18,6 +18,7 @@ from seqdistill.config import TrainConfig
 from seqdistill.errors import ConfigError, DataError
 from seqdistill.io import read_samples, write_json
 from seqdistill.records import Sample
+from seqdistill.stages.preflight import run_preflight
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,37 @@ def build_trainer(cfg: TrainConfig, model, tokenizer, examples: list[dict[str, A
     )
 
 
+def _eos_list(generation_config) -> list[int] | None:
+    eos = getattr(generation_config, "eos_token_id", None)
+    if eos is None:
+        return None
+    return list(eos) if isinstance(eos, list | tuple) else [eos]
+
+
+def check(cfg: TrainConfig) -> dict[str, Any]:
+    """`seqdistill train --check`: the pre-flight check alone (tokenizer and configs, no weights loaded)."""
+    if not cfg.input:
+        raise ConfigError("train needs an input file: seqdistill train KEPT.jsonl")
+    if not cfg.model:
+        raise ConfigError("train needs a student model: --model DIR (or bundled:smollm2)")
+    examples = load_examples(cfg.input, cfg.reasoning)
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from seqdistill.models import resolve_model
+
+    path = resolve_model(cfg.model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except OSError as e:
+        raise ConfigError(f"cannot load the tokenizer of {cfg.model!r}: {str(e).splitlines()[0][:200]}") from None
+    try:
+        generation_eos = _eos_list(GenerationConfig.from_pretrained(path))
+    except OSError:  # no generation_config.json: nothing to compare
+        generation_eos = None
+    lengths = example_lengths(tokenizer, examples)
+    return run_preflight(tokenizer, examples, lengths, cfg.max_length, cfg.max_truncated_share, generation_eos)
+
+
 def run(cfg: TrainConfig) -> dict[str, Any]:
     if not cfg.input:
         raise ConfigError("train needs an input file: seqdistill train KEPT.jsonl")
@@ -96,9 +128,12 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
 
     model, tokenizer = load_model(cfg.model, "float32", for_generation=False)
     lengths = example_lengths(tokenizer, examples)
+    preflight = run_preflight(
+        tokenizer, examples, lengths, cfg.max_length, cfg.max_truncated_share, _eos_list(model.generation_config)
+    )
     longest = max(lengths)
     max_length = cfg.max_length or longest
-    cut = sum(n > max_length for n in lengths)
+    cut = preflight["truncated"]
     if cut:
         log.warning("max_length %d cuts %d of %d samples (longest: %d tokens)", max_length, cut, len(lengths), longest)
     trainer = build_trainer(cfg, model, tokenizer, examples, max_length)
@@ -124,6 +159,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         "max_length": max_length,
         "longest_example": longest,
         "truncated_examples": cut,
+        "preflight": preflight,
         "seconds": round(seconds, 1),
         "tokens_per_s": round(tokens / max(seconds, 1e-9), 1),
     }
