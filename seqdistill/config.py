@@ -198,6 +198,15 @@ class TrainConfig(_Config):
     gradient_checkpointing: bool = Field(False)
     seed: int = Field(42)
     logging_steps: int = Field(5, ge=1)
+    packing: bool = Field(False, description="Pack examples into full sequences (TRL best-fit decreasing).")
+    lora: bool = Field(False, description="Train LoRA adapters (peft) instead of all weights; saved merged.")
+    lora_r: int = Field(16, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling alpha.")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    save_steps: int | None = Field(
+        None, ge=1, description="Checkpoint every N steps under <output>/checkpoints (a rerun resumes from the last)."
+    )
+    eval_fraction: float = Field(0.0, ge=0, lt=1, description="Share of examples held out for eval loss.")
     reasoning: Literal["think", "drop"] = Field(
         "think", description="Render reasoning_content as <think>…</think> before the answer, or drop it."
     )

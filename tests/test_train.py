@@ -120,3 +120,64 @@ def test_empty_input_is_a_clear_error(tmp_path):
     empty.write_text("")
     with pytest.raises(DataError, match="no samples to train on"):
         train.run(TrainConfig(input=str(empty), model="unused", output=str(tmp_path / "s")))
+
+
+# --- LoRA, packing, eval split, resume ----------------------------------------------------------------
+
+
+def test_lora_trains_only_adapter_weights_and_saves_a_merged_student(tiny_model, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from seqdistill.models import load_model
+
+    kept = _kept_file(tmp_path / "kept.jsonl", 8)
+    cfg = TrainConfig(input=str(kept), model=tiny_model, output=str(tmp_path / "lora"), epochs=1, batch_size=4,
+                      learning_rate=1e-2, lora=True, lora_r=4)  # fmt: skip
+    model, tok = load_model(tiny_model, for_generation=False)
+    trainer = train.build_trainer(cfg, model, tok, train.load_examples(cfg.input, cfg.reasoning), 512)
+    trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    report = train.run(cfg)
+    assert report["lora"] is True and math.isfinite(report["train_loss"])
+    saved = {p.name for p in (tmp_path / "lora").iterdir()}
+    assert "model.safetensors" in saved and "adapter_config.json" not in saved  # merged, loads as a plain model
+    before = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(tmp_path / "lora").state_dict()
+    assert set(before) == set(after)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("proj.weight"))
+    assert torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])  # not a LoRA target
+
+
+def test_packing_and_eval_split(tiny_model, tmp_path):
+    kept = _kept_file(tmp_path / "kept.jsonl", 10)
+    report = train.run(TrainConfig(input=str(kept), model=tiny_model, output=str(tmp_path / "p"), epochs=1,
+                                   batch_size=2, packing=True, eval_fraction=0.2))  # fmt: skip
+    assert report["packing"] is True and math.isfinite(report["train_loss"])
+    assert report["eval_loss"] is not None and math.isfinite(report["eval_loss"])
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_model, tmp_path):
+    from transformers import TrainerCallback
+
+    from seqdistill.models import load_model
+
+    kept = _kept_file(tmp_path / "kept.jsonl", 8)
+    out = tmp_path / "s"
+    cfg = TrainConfig(input=str(kept), model=tiny_model, output=str(out), epochs=3, batch_size=4, save_steps=2)
+
+    class Crash(TrainerCallback):  # a crash right after step 3 (checkpoint-2 is on disk)
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 3:
+                raise KeyboardInterrupt
+
+    model, tok = load_model(tiny_model, for_generation=False)
+    trainer = train.build_trainer(cfg, model, tok, train.load_examples(cfg.input, cfg.reasoning), 512)
+    trainer.add_callback(Crash())
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert (out / "checkpoints" / "checkpoint-2").is_dir()
+    report = train.run(cfg)
+    assert report["resumed_from"].endswith("checkpoint-2")
+    assert report["steps"] == 6  # 3 epochs x 2 steps
+    assert report["steps_run"] == 4  # the rerun took steps 3..6, not 1..6 again

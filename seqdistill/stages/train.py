@@ -3,7 +3,9 @@
 The kept file is TRL's conversational prompt-completion format, so TRL masks the prompt and supervises
 the completion including the chat template's end-of-turn token. `max_length` defaults to the longest
 example so nothing is cut silently; a smaller explicit limit is reported with how many samples it cuts.
-Not covered yet: LoRA, packing, resuming a killed run, multi-GPU launch recipes.
+LoRA (peft; the adapters are merged into the saved student), packing (TRL's best-fit decreasing),
+checkpoints every `save_steps` with resume from the last one, and a held-out eval split are options.
+Not covered yet: multi-GPU launch recipes, soft-target (logit) distillation in the trainer (see kd.py).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def build_trainer(cfg: TrainConfig, model, tokenizer, examples: list[dict[str, A
 
     datasets.disable_progress_bars()
 
+    train_rows, eval_rows = _split(examples, cfg.eval_fraction, cfg.seed)
     args = SFTConfig(
         output_dir=str(Path(cfg.output) / "checkpoints"),
         num_train_epochs=cfg.epochs,
@@ -75,7 +78,10 @@ def build_trainer(cfg: TrainConfig, model, tokenizer, examples: list[dict[str, A
         activation_checkpointing=cfg.gradient_checkpointing,  # TRL defaults it on; off is ~25% faster on CPU
         logging_steps=cfg.logging_steps,
         logging_first_step=True,
-        save_strategy="no",
+        save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 500,
+        eval_strategy="epoch" if eval_rows else "no",
+        packing=cfg.packing,
         report_to="none",
         seed=cfg.seed,
         use_cpu=not torch.cuda.is_available(),
@@ -83,8 +89,56 @@ def build_trainer(cfg: TrainConfig, model, tokenizer, examples: list[dict[str, A
         disable_tqdm=bool(os.environ.get("SEQDISTILL_NO_PROGRESS")),
     )
     return SFTTrainer(
-        model=model, args=args, train_dataset=datasets.Dataset.from_list(examples), processing_class=tokenizer
+        model=model,
+        args=args,
+        train_dataset=datasets.Dataset.from_list(train_rows),
+        eval_dataset=datasets.Dataset.from_list(eval_rows) if eval_rows else None,
+        processing_class=tokenizer,
+        peft_config=_lora_config(cfg) if cfg.lora else None,
     )
+
+
+def _split(examples: list[dict[str, Any]], fraction: float, seed: int):
+    """A seeded held-out split for eval loss (none when fraction is 0)."""
+    if not fraction:
+        return examples, []
+    import random
+
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, int(len(examples) * fraction))
+    held = set(order[:n_eval])
+    return [e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held]
+
+
+def _lora_config(cfg: TrainConfig):
+    try:
+        from peft import LoraConfig
+    except ImportError:
+        raise ConfigError("lora needs peft: pip install 'peft>=0.21'") from None
+    return LoraConfig(
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules="all-linear",
+        task_type="CAUSAL_LM",
+    )  # fmt: skip
+
+
+def _step_counter():
+    """A callback counting the optimizer steps this run takes (transformers is imported only to train)."""
+    from transformers import TrainerCallback
+
+    class StepCounter(TrainerCallback):
+        steps = 0
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.steps += 1
+
+    return StepCounter()
+
+
+def _last_checkpoint(output: Path) -> str | None:
+    """The newest `checkpoint-N` under <output>/checkpoints: a rerun after a crash resumes there."""
+    checkpoints = sorted((output / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(checkpoints[-1]) if checkpoints else None
 
 
 def _eos_list(generation_config) -> list[int] | None:
@@ -137,11 +191,20 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     if cut:
         log.warning("max_length %d cuts %d of %d samples (longest: %d tokens)", max_length, cut, len(lengths), longest)
     trainer = build_trainer(cfg, model, tokenizer, examples, max_length)
-    start = time.monotonic()
-    result = trainer.train()
-    seconds = time.monotonic() - start
     out = Path(cfg.output)
-    trainer.save_model(str(out))
+    resume = _last_checkpoint(out) if cfg.save_steps else None
+    if resume:
+        log.info("resuming from %s", resume)
+    counter = _step_counter()
+    trainer.add_callback(counter)
+    start = time.monotonic()
+    result = trainer.train(resume_from_checkpoint=resume)
+    seconds = time.monotonic() - start
+    if cfg.lora:  # merge the adapters: the student is a plain model for eval and serving
+        if trainer.accelerator.is_main_process:
+            trainer.model.merge_and_unload().save_pretrained(str(out))
+    else:
+        trainer.save_model(str(out))  # weights and generation config (EOS checked by the pre-flight)
     tokenizer.save_pretrained(str(out))  # includes the chat template
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     tokens = sum(min(n, max_length) for n in lengths) * cfg.epochs
@@ -155,6 +218,11 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
         "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h],
+        "eval_loss": next((h["eval_loss"] for h in reversed(trainer.state.log_history) if "eval_loss" in h), None),
+        "resumed_from": resume,
+        "steps_run": counter.steps,  # optimizer steps taken by this run (fewer than `steps` after a resume)
+        "lora": cfg.lora,
+        "packing": cfg.packing,
         "tokens": int(tokens),
         "max_length": max_length,
         "longest_example": longest,
