@@ -537,6 +537,7 @@ def test_eval_against_a_server_scores_with_the_checker(tmp_path, server):
     }
     summary = evaluate.run(load_stage("eval", None, flags))
     assert (summary["samples"], summary["correct"], summary["wrong"], summary["accuracy"]) == (8, 6, 2, 0.75)
+    assert summary["majority_accuracy"] == 0.75  # 3 of 4 prompts: their majority answer is right
     assert len(read_jsonl(out)) == 8
     assert all(r["body"]["temperature"] == 0 for r in server.chat_requests())  # eval is greedy by default
     server.clear_log()
