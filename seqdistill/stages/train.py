@@ -148,13 +148,18 @@ def _eos_list(generation_config) -> list[int] | None:
     return list(eos) if isinstance(eos, list | tuple) else [eos]
 
 
-def check(cfg: TrainConfig) -> dict[str, Any]:
-    """`seqdistill train --check`: the pre-flight check alone (tokenizer and configs, no weights loaded)."""
+def _inputs(cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The examples to train on; a missing input or student is a one-line error."""
     if not cfg.input:
         raise ConfigError("train needs an input file: seqdistill train KEPT.jsonl")
     if not cfg.model:
         raise ConfigError("train needs a student model: --model DIR (or bundled:smollm2)")
-    examples = load_examples(cfg.input, cfg.reasoning)
+    return load_examples(cfg.input, cfg.reasoning)
+
+
+def check(cfg: TrainConfig) -> dict[str, Any]:
+    """`seqdistill train --check`: the pre-flight check alone (tokenizer and configs, no weights loaded)."""
+    examples = _inputs(cfg)
     from transformers import AutoTokenizer, GenerationConfig
 
     from seqdistill.models import resolve_model
@@ -173,11 +178,7 @@ def check(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def run(cfg: TrainConfig) -> dict[str, Any]:
-    if not cfg.input:
-        raise ConfigError("train needs an input file: seqdistill train KEPT.jsonl")
-    if not cfg.model:
-        raise ConfigError("train needs a student model: --model DIR (or bundled:smollm2)")
-    examples = load_examples(cfg.input, cfg.reasoning)
+    examples = _inputs(cfg)
     from seqdistill.models import load_model
 
     model, tokenizer = load_model(cfg.model, "float32", for_generation=False)
