@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from seqdistill.cli import app
@@ -49,42 +50,18 @@ def test_python_dash_m_works():
     assert proc.returncode == 0 and proc.stdout.startswith("seqdistill ")
 
 
-def test_unknown_backend(tmp_path):
+@pytest.mark.parametrize(
+    ("backend", "needles"),
+    [
+        ("nope", ("unknown backend 'nope'", "openai, transformers, vllm")),
+        ("vllm", ("pip install 'seqdistill[vllm]'",)),  # a missing extra names the install command
+    ],
+)
+def test_backend_errors_are_one_line(tmp_path, backend, needles):
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"question": "What is 1 + 1?"}])
-    result = runner.invoke(
-        app,
-        [
-            "generate",
-            "--prompts",
-            str(prompts),
-            "--backend",
-            "nope",
-            "--model",
-            "m",
-            "--output",
-            str(tmp_path / "s.jsonl"),
-        ],
-    )
-    _one_line_error(result, "unknown backend 'nope'", "openai, transformers, vllm")
-
-
-def test_missing_extra_names_the_install_command(tmp_path):
-    prompts = write_jsonl(tmp_path / "p.jsonl", [{"question": "What is 1 + 1?"}])
-    result = runner.invoke(
-        app,
-        [
-            "generate",
-            "--prompts",
-            str(prompts),
-            "--backend",
-            "vllm",
-            "--model",
-            "m",
-            "--output",
-            str(tmp_path / "s.jsonl"),
-        ],
-    )
-    _one_line_error(result, "pip install 'seqdistill[vllm]'")
+    args = ["generate", "--prompts", str(prompts), "--backend", backend, "--model", "m"]
+    result = runner.invoke(app, [*args, "--output", str(tmp_path / "s.jsonl")])
+    _one_line_error(result, *needles)
 
 
 def test_missing_input_file(tmp_path):
