@@ -210,6 +210,25 @@ class TrainConfig(_Config):
     reasoning: Literal["think", "drop"] = Field(
         "think", description="Render reasoning_content as <think>…</think> before the answer, or drop it."
     )
+    kd_alpha: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Weight of Hinton's soft-target loss on the teacher's top-k logprobs (generate with logprobs=K); "
+        "0: cross-entropy on the samples only.",
+    )
+    kd_temperature: float = Field(1.0, gt=0, description="Soft-target temperature T (the KD term is scaled by T²).")
+    kd_teacher_tokenizer: str | None = Field(
+        None,
+        description="Teacher tokenizer checked against the student's before soft-target training; "
+        "default: the samples' teacher model.",
+    )
+
+    @model_validator(mode="after")
+    def _check_kd(self) -> TrainConfig:
+        if self.kd_alpha > 0 and self.packing:
+            raise ValueError("kd_alpha > 0 (soft targets) does not work with packing yet: set packing: false")
+        return self
 
 
 class EvalSamplingConfig(SamplingConfig):

@@ -8,6 +8,12 @@ share a tokenizer, `kd_loss` trains on them:
 
 Only the teacher's top-k support is known, so both distributions are renormalised on it (see `kd_loss`).
 Different vocabularies make the token ids meaningless to the student: `require_same_vocabulary` refuses.
+
+The teacher's tokens arrive as text (what OpenAI-compatible servers and vLLM return), so `TokenTable`
+maps them back to the student's ids, and `teacher_targets` lines the teacher's steps up with the student's
+tokenization of the same completion: position j gets the teacher's top-k at step j for as long as the two
+token sequences agree (the common prefix); past the first disagreement there are no soft targets and the
+student learns from cross-entropy alone. Not covered: re-aligning after a disagreement.
 """
 
 from __future__ import annotations
@@ -23,10 +29,12 @@ from seqdistill.errors import SeqdistillError
 
 __all__ = [
     "VocabularyMismatch",
+    "TokenTable",
     "kd_loss",
     "logprobs_to_tensors",
     "require_same_vocabulary",
     "same_vocabulary",
+    "teacher_targets",
 ]
 
 
@@ -185,3 +193,57 @@ def logprobs_to_tensors(
     if not id_rows:
         return torch.full((0, k), -1, dtype=torch.long), torch.zeros((0, k), dtype=torch.float32)
     return torch.tensor(id_rows, dtype=torch.long), torch.tensor(lp_rows, dtype=torch.float32)
+
+
+class TokenTable:
+    """Student token id ↔ token text, for mapping the teacher's top-k token strings to student ids.
+
+    A string that several ids render to (e.g. partial UTF-8 bytes, all shown as '\ufffd') maps to no id.
+    vLLM's `return_tokens_as_token_ids` form `token_id:123` maps to 123.
+    """
+
+    def __init__(self, tokenizer) -> None:
+        vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        self.text = [tokenizer.convert_tokens_to_string([t]) if t is not None else "" for t in vocab]
+        ids: dict[str, int] = {}
+        ambiguous: set[str] = set()
+        for i, t in enumerate(self.text):
+            if t in ids:
+                ambiguous.add(t)
+            ids.setdefault(t, i)
+        self.ids = {t: i for t, i in ids.items() if t not in ambiguous}
+
+    def to_id(self, token: str) -> int | None:
+        if token.startswith("token_id:") and token[9:].isdigit():
+            tid = int(token[9:])
+            return tid if tid < len(self.text) else None
+        return self.ids.get(token)
+
+
+def teacher_targets(
+    logprobs: Mapping[str, Any] | None, completion_ids: Sequence[int], table: TokenTable, k: int
+) -> tuple[list[list[int]], list[list[float]]]:
+    """The teacher's top-k (ids, logprobs) for the leading completion tokens the teacher's tokens agree on.
+
+    `completion_ids` are the student's tokens of the supervised completion (as TRL renders it);
+    `logprobs` is a sample's compact `meta.logprobs`. Row j is for completion token j; there are as many
+    rows as leading tokens where the teacher's sampled token text equals the student's (none without `top`).
+
+    >>> class Tok:  # a 4-token vocabulary
+    ...     def __len__(self): return 4
+    ...     def convert_ids_to_tokens(self, ids): return ["a", "b", "c", "<e>"]
+    ...     def convert_tokens_to_string(self, toks): return "".join(toks)
+    >>> lp = {"tokens": ["a", "b", "x"], "top": [[["a", -0.25], ["b", -2.5]], [["b", -0.5]], [["x", -0.75]]]}
+    >>> teacher_targets(lp, [0, 1, 2, 3], TokenTable(Tok()), 2)
+    ([[0, 1], [1, -1]], [[-0.25, -2.5], [-0.5, 0.0]])
+    """
+    if not logprobs or not logprobs.get("top"):
+        return [], []
+    tokens, top = logprobs.get("tokens") or [], logprobs["top"]
+    agree = 0
+    for tid, tok in zip(completion_ids, tokens, strict=False):
+        if tid >= len(table.text) or table.text[tid] != tok:
+            break
+        agree += 1
+    ids, lps = logprobs_to_tensors({"tokens": tokens[:agree], "top": top[:agree]}, table.to_id, k)
+    return ids.tolist(), lps.tolist()

@@ -5,7 +5,8 @@ the completion including the chat template's end-of-turn token. `max_length` def
 example so nothing is cut silently; a smaller explicit limit is reported with how many samples it cuts.
 LoRA (peft; the adapters are merged into the saved student), packing (TRL's best-fit decreasing),
 checkpoints every `save_steps` with resume from the last one, and a held-out eval split are options.
-Not covered yet: multi-GPU launch recipes, soft-target (logit) distillation in the trainer (see kd.py).
+With `kd_alpha` > 0 the loss adds Hinton's soft targets from the teacher's top-k logprobs (`kd.py`,
+`trainer.py`), after checking that teacher and student share a vocabulary.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from seqdistill.config import TrainConfig
 from seqdistill.errors import ConfigError, DataError
 from seqdistill.io import read_samples, write_json
 from seqdistill.records import Sample
-from seqdistill.stages.preflight import run_preflight
+from seqdistill.stages.preflight import render, run_preflight
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +55,13 @@ def example_lengths(tokenizer, examples: list[dict[str, Any]]) -> list[int]:
     ]
 
 
-def build_trainer(cfg: TrainConfig, model, tokenizer, examples: list[dict[str, Any]], max_length: int):
-    """The SFTTrainer for these examples (separate from `run` so tests can inspect its masks)."""
+def build_trainer(cfg: TrainConfig, model, tokenizer, examples: list[dict[str, Any]], max_length: int, kd_k: int = 0):
+    """The trainer for these examples (separate from `run` so tests can inspect its masks and batches)."""
     import datasets
     import torch
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
+
+    from seqdistill.trainer import DistillTrainer
 
     datasets.disable_progress_bars()
 
@@ -87,14 +90,18 @@ def build_trainer(cfg: TrainConfig, model, tokenizer, examples: list[dict[str, A
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         disable_tqdm=bool(os.environ.get("SEQDISTILL_NO_PROGRESS")),
+        prediction_loss_only=True,  # eval reports the loss; keeping logits would hold [B, L, V] per batch
     )
-    return SFTTrainer(
+    return DistillTrainer(
         model=model,
         args=args,
         train_dataset=datasets.Dataset.from_list(train_rows),
         eval_dataset=datasets.Dataset.from_list(eval_rows) if eval_rows else None,
         processing_class=tokenizer,
         peft_config=_lora_config(cfg) if cfg.lora else None,
+        kd_alpha=cfg.kd_alpha,
+        kd_temperature=cfg.kd_temperature,
+        kd_k=kd_k,
     )
 
 
@@ -157,6 +164,59 @@ def _inputs(cfg: TrainConfig) -> list[dict[str, Any]]:
     return load_examples(cfg.input, cfg.reasoning)
 
 
+def _load_tokenizer(name: str, key: str):
+    from transformers import AutoTokenizer
+
+    from seqdistill.models import resolve_model
+
+    try:
+        return AutoTokenizer.from_pretrained(resolve_model(name))
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"cannot load the tokenizer of {name!r} ({str(e).splitlines()[0][:160]}): set {key} to a local "
+            "directory holding it"
+        ) from None
+
+
+def attach_soft_targets(cfg: TrainConfig, tokenizer, examples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Add each example's teacher top-k rows (`kd_ids`, `kd_logprobs`, `kd_tokens`) for its completion tokens.
+
+    Refuses when no sample carries top-k logprobs, when the teacher's vocabulary differs from the
+    student's, or when no completion token lines up with the teacher's tokens. Returns coverage figures.
+    """
+    from seqdistill.kd import TokenTable, require_same_vocabulary, teacher_targets
+
+    samples = [s for s in read_samples(cfg.input) if s.completion]  # the same order as load_examples
+    tops = [(s.meta.get("logprobs") or {}).get("top") or [] for s in samples]
+    k = max((len(step) for top in tops for step in top), default=0)
+    if not k:
+        raise DataError(
+            f"{cfg.input}: kd_alpha > 0 needs the teacher's top-k logprobs and no sample has them: "
+            "generate with --set logprobs=K (K ≤ 20), or set kd_alpha: 0"
+        )
+    teacher = cfg.kd_teacher_tokenizer or samples[0].teacher.model
+    teacher_tok = _load_tokenizer(teacher, "kd_teacher_tokenizer")
+    require_same_vocabulary(teacher_tok.get_vocab(), tokenizer.get_vocab(), teacher, str(cfg.model))
+    table = TokenTable(tokenizer)
+    covered = supervised = 0
+    for example, sample in zip(examples, samples, strict=True):
+        full, start = render(tokenizer, example)
+        completion = full[start:]
+        ids, lps = teacher_targets(sample.meta.get("logprobs"), completion, table, k)
+        example.update(kd_ids=ids, kd_logprobs=lps, kd_tokens=completion[: len(ids)])
+        covered, supervised = covered + len(ids), supervised + len(completion)
+    if not covered:
+        raise DataError(
+            f"{cfg.input}: none of the completions' tokens match the teacher's logprob tokens under the student's "
+            f"tokenizer ({cfg.model}): soft targets need the teacher's tokenizer"
+        )
+    share = covered / max(supervised, 1)
+    if share < 0.9:
+        log.warning("soft targets cover %.0f%% of the supervised tokens (the rest: cross-entropy only)", 100 * share)
+    return {"k": k, "teacher_tokenizer": teacher, "covered_tokens": covered, "supervised_tokens": supervised,
+            "coverage": round(share, 4), "alpha": cfg.kd_alpha, "temperature": cfg.kd_temperature}  # fmt: skip
+
+
 def check(cfg: TrainConfig) -> dict[str, Any]:
     """`seqdistill train --check`: the pre-flight check alone (tokenizer and configs, no weights loaded)."""
     examples = _inputs(cfg)
@@ -191,7 +251,8 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     cut = preflight["truncated"]
     if cut:
         log.warning("max_length %d cuts %d of %d samples (longest: %d tokens)", max_length, cut, len(lengths), longest)
-    trainer = build_trainer(cfg, model, tokenizer, examples, max_length)
+    kd = attach_soft_targets(cfg, tokenizer, examples) if cfg.kd_alpha > 0 else None
+    trainer = build_trainer(cfg, model, tokenizer, examples, max_length, kd["k"] if kd else 0)
     out = Path(cfg.output)
     resume = _last_checkpoint(out) if cfg.save_steps else None
     if resume:
@@ -218,11 +279,16 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         "train_loss": result.training_loss,
         "first_loss": losses[0] if losses else None,
         "last_loss": losses[-1] if losses else None,
-        "loss_history": [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h],
+        "loss_history": [
+            {key: h[key] for key in ("step", "loss", "kd", "ce") if key in h}
+            for h in trainer.state.log_history
+            if "loss" in h
+        ],
         "eval_loss": next((h["eval_loss"] for h in reversed(trainer.state.log_history) if "eval_loss" in h), None),
         "resumed_from": resume,
         "steps_run": counter.steps,  # optimizer steps taken by this run (fewer than `steps` after a resume)
         "lora": cfg.lora,
+        "kd": kd,
         "packing": cfg.packing,
         "tokens": int(tokens),
         "max_length": max_length,
