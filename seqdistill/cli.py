@@ -10,6 +10,7 @@ import functools
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -44,7 +45,7 @@ def _setup_logging() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=err, show_path=False)], force=True
     )
-    for noisy in ("httpx", "httpx2", "openai", "datasets", "filelock", "urllib3"):
+    for noisy in ("httpx", "httpx2", "openai", "datasets", "filelock", "urllib3", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
@@ -237,6 +238,23 @@ def run_cmd(
     summary = pipeline.run(load_pipeline(config, set_))
     _stopped(summary["generate"])
     out.print(summary_table(summary))
+
+
+@app.command("report")
+@command
+def report_cmd(
+    run_dir: Annotated[str, typer.Argument(help="A pipeline run dir (holds summary.json), e.g. runs/demo.")],
+) -> None:
+    """One HTML page (funnel, lengths, loss, accuracy), its figures as PNGs and a dataset card for a run."""
+    from seqdistill.stages import report
+
+    result = report.run(run_dir)
+    out.print(f"report -> {result['html']}")
+    if figures := [Path(f) for f in result["figures"].values()]:
+        out.print(f"figures -> {figures[0].parent}: {', '.join(f.name for f in figures)}")
+    out.print(f"dataset card -> {result['card']}" if result["card"] else "dataset card: not written (see above)")
+    for key, why in result["missing"].items():
+        err.print(f"{key}: not available ({escape(why)})", highlight=False)
 
 
 def summary_table(summary: dict[str, Any]):

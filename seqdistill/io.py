@@ -142,6 +142,15 @@ class SampleWriter:
         self.close()
 
 
+def _temp_beside(path: Path) -> tuple[int, str]:
+    """A temporary file in `path`'s directory (created if needed) with the mode `path` has or would get."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # keep a replaced file's mode; a new file gets 0666 & ~umask like open() would give it
+    os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_UMASK)
+    return fd, tmp
+
+
 class AtomicWriter:
     """Write lines to a temporary file beside `path`; it replaces `path` only when the block succeeds.
 
@@ -150,11 +159,7 @@ class AtomicWriter:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        # keep a replaced file's mode; a new file gets 0666 & ~umask like open() would give it
-        mode = self.path.stat().st_mode & 0o777 if self.path.exists() else 0o666 & ~_UMASK
-        os.chmod(self._tmp, mode)
+        fd, self._tmp = _temp_beside(self.path)
         self._f = os.fdopen(fd, "w", encoding="utf-8")
         self.count = 0
 
@@ -183,6 +188,20 @@ def write_atomic(path: str | Path, lines: Iterable[str]) -> int:
         for line in lines:
             w.write(line)
     return w.count
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write a binary file (a figure) atomically: readers see the old file or the whole new one."""
+    path = Path(path)
+    fd, tmp = _temp_beside(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def write_json(path: str | Path, obj: Any) -> None:

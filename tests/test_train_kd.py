@@ -113,8 +113,17 @@ def test_kd_training_lowers_the_kd_loss_and_reports_it(tiny_model, tmp_path):
     kept = _kd_file(tmp_path / "kept.jsonl", tiny_model, 8)
     out = tmp_path / "student"
     report = train.run(
-        TrainConfig(input=str(kept), model=tiny_model, output=str(out), epochs=6, batch_size=4, learning_rate=5e-3,
-                    kd_alpha=0.8, kd_temperature=2.0, logging_steps=1)  # fmt: skip
+        TrainConfig(
+            input=str(kept),
+            model=tiny_model,
+            output=str(out),
+            epochs=6,
+            batch_size=4,
+            learning_rate=5e-3,
+            kd_alpha=0.8,
+            kd_temperature=2.0,
+            logging_steps=1,
+        )  # fmt: skip
     )
     history = [h for h in report["loss_history"] if "kd" in h]
     assert len(history) == report["steps"] == 12
