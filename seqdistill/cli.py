@@ -281,6 +281,8 @@ def summary_table(summary: dict[str, Any]):
     if e:
         table.add_row("held-out accuracy: teacher", acc("teacher"))
         table.add_row("held-out accuracy: student", f"{acc('student_before')} -> {acc('student_after')}")
+        if "student_reference" in e:
+            table.add_row("held-out accuracy: student on reference answers", acc("student_reference"))
     return table
 
 

@@ -52,7 +52,9 @@ class SamplingConfig(_Config):
 class GenerateConfig(_Config):
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
     output: str = Field("samples.jsonl", description="Samples file; appended to, and resumed from.")
-    backend: str = Field("transformers", description="openai | transformers | vllm.")
+    backend: str = Field(
+        "transformers", description="openai | transformers | vllm | auto (vllm with a GPU and vllm installed)."
+    )
     model: str | None = Field(None, description="Teacher: served model name, HF dir, or bundled:smollm2.")
     base_url: str | list[str] = Field(
         "http://127.0.0.1:8000/v1",
@@ -255,6 +257,11 @@ class PipelineConfig(_Config):
     filter: FilterConfig = Field(default_factory=FilterConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig | None = Field(None, description="Held-out eval (prompts with references).")
+    reference_baseline: bool = Field(
+        False,
+        description="Also train the student on the bare reference answers of the same prompts (same settings) "
+        "and evaluate it: the control for distillation.",
+    )
 
     def resolved(self) -> PipelineConfig:
         """Fill each stage's paths from run_dir so stage outputs feed the next stage."""

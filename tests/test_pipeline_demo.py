@@ -43,3 +43,15 @@ def test_demo_pipeline_small(tmp_path):
         assert ev["samples"] == 6 and 0 <= ev["accuracy"] <= 1
     assert (run_dir / "student" / "model.safetensors").is_file()
     assert "held-out accuracy: student" in result.output
+    # the control: the same student trained on the 8 prompts' bare reference answers, evaluated alike
+    references = [json.loads(line) for line in (run_dir / "reference.jsonl").read_text().splitlines()]
+    assert len(references) == 8 and summary["train_reference"]["examples"] == 8
+    assert all(r["completion"][0]["content"] == r["reference"] for r in references)
+    assert summary["eval"]["student_reference"]["samples"] == 6
+    assert (run_dir / "student-reference" / "model.safetensors").is_file()
+    assert "student on reference answers" in result.output
+    # and the report of this real run renders every section
+    result = CliRunner().invoke(app, ["report", str(run_dir)])
+    assert result.exit_code == 0, result.output
+    page = (run_dir / "report" / "report.html").read_text()
+    assert "student on references" in page and "not available" not in page

@@ -8,7 +8,7 @@ from seqdistill.backends.base import Backend, Failure, Request, Result
 from seqdistill.config import GenerateConfig
 from seqdistill.errors import ConfigError
 
-__all__ = ["Backend", "Failure", "Request", "Result", "BACKENDS", "create_backend"]
+__all__ = ["Backend", "Failure", "Request", "Result", "BACKENDS", "create_backend", "resolve_backend"]
 
 BACKENDS = {
     "openai": "seqdistill.backends.openai_compat:OpenAIBackend",
@@ -16,6 +16,19 @@ BACKENDS = {
     "vllm": "seqdistill.backends.vllm_offline:VLLMBackend",
 }
 EXTRAS = {"vllm": "vllm"}
+
+
+def resolve_backend(name: str) -> str:
+    """`auto` is vLLM in-process when vllm is installed and a GPU is visible, else transformers."""
+    if name != "auto":
+        return name
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return "transformers"
+    import torch
+
+    return "vllm" if torch.cuda.is_available() else "transformers"
 
 
 def create_backend(cfg: GenerateConfig) -> Backend:

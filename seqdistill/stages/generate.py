@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from seqdistill import __version__
-from seqdistill.backends import Failure, Request, Result, create_backend
+from seqdistill.backends import Failure, Request, Result, create_backend, resolve_backend
 from seqdistill.config import GenerateConfig
 from seqdistill.errors import BackendError, ConfigError
 from seqdistill.io import SampleWriter, read_samples, repair_tail, write_json
@@ -113,6 +113,8 @@ def pending_requests(cfg: GenerateConfig, use_student_prompt: bool = False):
 
 def run(cfg: GenerateConfig, use_student_prompt: bool = False) -> dict[str, Any]:
     """Generate every missing sample of `cfg` into `cfg.output` (within the budgets); return counts."""
+    if cfg.backend == "auto":
+        cfg = cfg.model_copy(update={"backend": resolve_backend(cfg.backend)})
     prompts, ids, done, requests = pending_requests(cfg, use_student_prompt)
     summary = _summary_start(cfg, prompts, ids, requests)
     if other := len(done - set(ids.values())):

@@ -2,8 +2,10 @@
 
 generate (teacher) -> filter -> [eval teacher, eval student before] -> train -> [eval student after].
 The held-out evals use the eval section's prompts: the teacher with its own prompt rendering, the
-student with the bare student prompt, before and after training. Every stage resumes or is cheap to
-redo, so re-running a pipeline after a crash continues where it stopped.
+student with the bare student prompt, before and after training. With `reference_baseline`, the same
+student is also trained on the prompts' bare reference answers (one per generated prompt, the same
+train settings) and evaluated: does it learn more from the teacher's samples than from the labels?
+Every stage resumes or is cheap to redo, so re-running a pipeline after a crash continues where it stopped.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from seqdistill.config import EvalConfig, GenerateConfig, PipelineConfig
-from seqdistill.io import write_json
+from seqdistill.io import read_samples, write_atomic, write_json
+from seqdistill.records import Message, Sample
 from seqdistill.stages import evaluate, filter, generate, train
 
 log = logging.getLogger(__name__)
@@ -31,14 +34,43 @@ def eval_configs(cfg: PipelineConfig) -> dict[str, EvalConfig]:
     }  # fmt: skip
     teacher = cfg.eval.model_copy(deep=True, update={k: getattr(g, k) for k in teacher_keys})
     teacher.prompt, teacher.output = "teacher", str(d / "eval-teacher.jsonl")
-    student = {"backend": "transformers", "prompt": "student"}
+    student = {"backend": "auto", "prompt": "student"}  # vLLM in-process on a GPU when installed
     before = cfg.eval.model_copy(
         deep=True, update={**student, "model": cfg.train.model, "output": str(d / "eval-student-before.jsonl")}
     )
     after = cfg.eval.model_copy(
         deep=True, update={**student, "model": cfg.train.output, "output": str(d / "eval-student-after.jsonl")}
     )
-    return {"teacher": teacher, "student_before": before, "student_after": after}
+    evals = {"teacher": teacher, "student_before": before, "student_after": after}
+    if cfg.reference_baseline:
+        evals["student_reference"] = cfg.eval.model_copy(
+            deep=True,
+            update={
+                **student,
+                "model": str(d / "student-reference"),
+                "output": str(d / "eval-student-reference.jsonl"),
+            },
+        )
+    return evals
+
+
+def reference_samples(samples_path: str, output: Path) -> int:
+    """One training record per generated prompt with a reference: the student's prompt, the bare answer."""
+    seen: set[str] = set()
+    rows = []
+    for s in read_samples(samples_path):
+        if s.prompt_id in seen or not s.reference:
+            continue
+        seen.add(s.prompt_id)
+        rows.append(
+            Sample(
+                id=f"reference-{s.prompt_id}", prompt_id=s.prompt_id, sample_index=0, prompt=s.prompt,
+                completion=[Message(role="assistant", content=s.reference)], reference=s.reference,
+                finish_reason="stop", teacher={"model": "reference answers", "backend": "none"},
+            ).to_json()
+        )  # fmt: skip
+    write_atomic(output, rows)
+    return len(rows)
 
 
 def run(cfg: PipelineConfig) -> dict[str, Any]:
@@ -59,5 +91,19 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     if "student_after" in evals:
         log.info("eval student_after: %s", evals["student_after"].model)
         summary["eval"]["student_after"] = evaluate.run(evals["student_after"])
+    if cfg.reference_baseline:
+        summary["train_reference"] = _reference_baseline(cfg)
+        if "student_reference" in evals:
+            log.info("eval student_reference: %s", evals["student_reference"].model)
+            summary["eval"]["student_reference"] = evaluate.run(evals["student_reference"])
     write_json(Path(cfg.run_dir) / "summary.json", summary)
     return summary
+
+
+def _reference_baseline(cfg: PipelineConfig) -> dict[str, Any]:
+    """Train the same student, same settings, on the bare reference answers of the generated prompts."""
+    d = Path(cfg.run_dir)
+    count = reference_samples(cfg.generate.output, d / "reference.jsonl")
+    log.info("train reference baseline: %d prompts with their reference answers -> %s", count, d / "student-reference")
+    update = {"input": str(d / "reference.jsonl"), "output": str(d / "student-reference"), "kd_alpha": 0.0}
+    return train.run(cfg.train.model_copy(update=update))

@@ -41,7 +41,13 @@ from seqdistill.records import Sample
 log = logging.getLogger(__name__)
 
 CARD_MARKER = "<!-- written by seqdistill report -->"
-EVALS = {"teacher": "teacher", "student_before": "student before", "student_after": "student after"}
+EVALS = {
+    "teacher": "teacher",
+    "student_before": "student before",
+    "student_after": "student after",
+    "student_reference": "student on references",  # the reference_baseline control, when the run has it
+}
+OPTIONAL_EVALS = {"student_reference"}
 LengthFn = Callable[[list[str]], list[int]]
 
 
@@ -333,6 +339,8 @@ def accuracy_section(facts: RunFacts) -> Section:
     rows, absent = [], []
     for key, label in EVALS.items():
         r = facts.evals.get(key) or {}
+        if not r and key in OPTIONAL_EVALS:
+            continue
         if r.get("accuracy") is None:
             absent.append(f"{label}: " + ("interrupted" if r.get("interrupted") else "not evaluated in this run"))
             continue
