@@ -197,10 +197,23 @@ class TrainConfig(_Config):
     lr_scheduler_type: str = Field("linear")
     warmup_ratio: float = Field(0.0, ge=0, le=1)
     bf16: bool = Field(False, description="bfloat16 mixed precision (set explicitly: TRL turns it on).")
+    dtype: str = Field(
+        "float32", description="Weights dtype when loading the student (bfloat16 on GPUs: half the memory)."
+    )
+    attn_implementation: str | None = Field(
+        None, description="Attention kernel: sdpa, flash_attention_2 (pip install flash-attn), eager; default: sdpa."
+    )
+    liger_kernel: bool = Field(
+        False, description="Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU; GPU, pip install liger-kernel)."
+    )
     gradient_checkpointing: bool = Field(False)
     seed: int = Field(42)
     logging_steps: int = Field(5, ge=1)
     packing: bool = Field(False, description="Pack examples into full sequences (TRL best-fit decreasing).")
+    padding_free: bool = Field(
+        False,
+        description="One row per batch, no padding (TRL; fastest with flash_attention_2; packing implies it).",
+    )
     lora: bool = Field(False, description="Train LoRA adapters (peft) instead of all weights; saved merged.")
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling alpha.")
@@ -228,8 +241,10 @@ class TrainConfig(_Config):
 
     @model_validator(mode="after")
     def _check_kd(self) -> TrainConfig:
-        if self.kd_alpha > 0 and self.packing:
-            raise ValueError("kd_alpha > 0 (soft targets) does not work with packing yet: set packing: false")
+        if self.kd_alpha > 0 and (self.packing or self.padding_free):
+            raise ValueError(
+                "kd_alpha > 0 (soft targets) does not work with packing or padding_free yet: set them to false"
+            )
         return self
 
 

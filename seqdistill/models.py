@@ -76,7 +76,9 @@ def _materialize_bundled(name: str) -> Path:
     return target
 
 
-def load_model(name: str | None, dtype: str = "float32", for_generation: bool = True):
+def load_model(
+    name: str | None, dtype: str = "float32", for_generation: bool = True, attn_implementation: str | None = None
+):
     """(model, tokenizer) from a local dir, a hub id, or a bundled name; left padding for generation."""
     import torch
     import transformers
@@ -89,8 +91,9 @@ def load_model(name: str | None, dtype: str = "float32", for_generation: bool = 
         raise ConfigError(f"dtype {dtype!r} is not a torch dtype (use float32, bfloat16 or float16)")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
-    except OSError as e:
+        extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **extra)
+    except (OSError, ImportError) as e:  # ImportError: e.g. flash_attention_2 without flash-attn installed
         raise ConfigError(f"cannot load model {name!r}: {str(e).splitlines()[0][:200]}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -91,7 +91,8 @@ def test_debug_env_shows_traceback(tmp_path, monkeypatch):
     assert result.exit_code != 0 and result.exception is not None
 
 
-def test_eval_on_tiny_model_counts_every_sample(tiny_model, tmp_path):
+@pytest.mark.parametrize("backend", ["transformers", "auto"])
+def test_eval_on_tiny_model_counts_every_sample(tiny_model, tmp_path, backend):
     prompts = write_jsonl(
         tmp_path / "heldout.jsonl",
         [{"id": f"h{i}", "question": f"What is {i} + 2?", "answer": str(i + 2)} for i in range(4)],
@@ -113,10 +114,29 @@ def test_eval_on_tiny_model_counts_every_sample(tiny_model, tmp_path):
             "2",
             "--set",
             "sampling.max_tokens=4",
+            "--set",
+            f"backend={backend}",
         ],
     )
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 8
+    assert {r["teacher"]["backend"] for r in rows} == {"transformers"}, "auto: no vllm and no GPU here"
     assert "accuracy" in result.output and "samples" in result.output
     assert "│ samples      │ 8" in result.output or "8" in result.output
+
+
+def test_auto_backend_is_vllm_only_with_vllm_and_a_gpu(monkeypatch):
+    import importlib.util
+
+    import torch
+
+    from seqdistill.backends import resolve_backend
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real(name, *a))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_backend("auto") == "vllm"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_backend("auto") == "transformers"
+    assert resolve_backend("openai") == "openai"

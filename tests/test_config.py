@@ -197,12 +197,12 @@ def test_load_pipeline_keeps_explicit_paths_and_applies_set(tmp_path):
     assert cfg.eval is None
 
 
-def test_repository_demo_recipe_loads():
-    recipe = Path(__file__).resolve().parents[1] / "configs" / "demo-cpu.yaml"
-    if not recipe.exists():
-        pytest.skip("configs/demo-cpu.yaml not present")
+@pytest.mark.parametrize("name", ["demo-cpu.yaml", "gsm8k-qwen2.5-7b-to-1.5b-gpu.yaml"])
+def test_repository_recipes_load(name):
+    recipe = Path(__file__).resolve().parents[1] / "configs" / name
     cfg = load_pipeline(str(recipe))
     assert cfg.train.input == cfg.filter.output
+    assert cfg.reference_baseline
 
 
 # ---------------------------------------------------------------------------- --set parsing

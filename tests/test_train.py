@@ -181,3 +181,61 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_model, tmp_path):
     assert report["resumed_from"].endswith("checkpoint-2")
     assert report["steps"] == 6  # 3 epochs x 2 steps
     assert report["steps_run"] == 4  # the rerun took steps 3..6, not 1..6 again
+
+
+def test_liger_without_the_package_is_a_one_line_error(tiny_model, tmp_path):
+    import importlib.util
+
+    from seqdistill.errors import ConfigError
+
+    if importlib.util.find_spec("liger_kernel"):
+        pytest.skip("liger-kernel is installed")
+    kept = _kept_file(tmp_path / "kept.jsonl", 2)
+    with pytest.raises(ConfigError, match="pip install liger-kernel"):
+        train.run(TrainConfig(input=str(kept), model=tiny_model, output=str(tmp_path / "o"), liger_kernel=True))
+
+
+def test_attention_kernel_and_dtype_reach_the_student(tiny_model):
+    import importlib.util
+
+    import torch
+
+    from seqdistill.errors import ConfigError
+    from seqdistill.models import load_model
+
+    model, _ = load_model(tiny_model, "bfloat16", for_generation=False, attn_implementation="eager")
+    assert model.config._attn_implementation == "eager" and model.dtype == torch.bfloat16
+    if importlib.util.find_spec("flash_attn") is None:  # the GPU recipe's kernel, missing here: one clear line
+        with pytest.raises(ConfigError, match="cannot load model"):
+            load_model(tiny_model, for_generation=False, attn_implementation="flash_attention_2")
+
+
+def test_padding_free_batches_give_the_loss_of_padded_ones(tiny_model, tmp_path):
+    """One row without padding, sequences kept apart by position_ids: the same loss as the padded batch."""
+    import torch
+
+    from seqdistill.models import load_model
+
+    kept = _kept_file(tmp_path / "kept.jsonl", 4)
+    model, tok = load_model(tiny_model, for_generation=False)
+    examples = train.load_examples(str(kept), "think")
+    losses = {}
+    for padding_free in (False, True):
+        cfg = TrainConfig(input=str(kept), model=tiny_model, output=str(tmp_path / "o"), batch_size=4,
+                          padding_free=padding_free)  # fmt: skip
+        trainer = train.build_trainer(cfg, model, tok, examples, 512)
+        batch = next(iter(trainer.get_train_dataloader()))
+        assert ("attention_mask" not in batch and batch["input_ids"].shape[0] == 1) is padding_free
+        with torch.no_grad():
+            losses[padding_free] = float(trainer.compute_loss(trainer.model, dict(batch)))
+    assert math.isfinite(losses[False]) and losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def test_padding_free_without_packing_refuses_to_cut(tiny_model, tmp_path):
+    from seqdistill.errors import ConfigError
+
+    kept = _kept_file(tmp_path / "kept.jsonl", 2)
+    cfg = TrainConfig(input=str(kept), model=tiny_model, output=str(tmp_path / "o"), padding_free=True,
+                      max_length=16, max_truncated_share=1.0)  # fmt: skip
+    with pytest.raises(ConfigError, match="padding_free without packing cannot cut"):
+        train.run(cfg)

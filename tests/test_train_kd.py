@@ -155,6 +155,7 @@ def test_soft_targets_refuse_a_teacher_with_another_vocabulary(tiny_model, tmp_p
         train.run(cfg.model_copy(update={"kd_teacher_tokenizer": "no/such-teacher"}))
 
 
-def test_soft_targets_and_packing_are_refused_in_the_config():
-    with pytest.raises(ValueError, match="packing"):
-        TrainConfig(kd_alpha=0.5, packing=True)
+@pytest.mark.parametrize("key", ["packing", "padding_free"])
+def test_soft_targets_with_packed_rows_are_refused_in_the_config(key):
+    with pytest.raises(ValueError, match="packing or padding_free"):
+        TrainConfig(kd_alpha=0.5, **{key: True})

@@ -436,9 +436,9 @@ def loss_figure(history: list[dict[str, Any]], eval_loss: float | None) -> bytes
 
 def accuracy_figure(evals: dict[str, Any]) -> bytes:
     """Grouped bars: accuracy (and majority-vote accuracy where measured) per model, as percentages."""
-    fig = _figure(8, 4)
-    ax = fig.subplots()
     keys = [k for k in EVALS if (evals.get(k) or {}).get("accuracy") is not None]
+    fig = _figure(max(8, 2.6 * len(keys)), 4)  # room for each bar's model name
+    ax = fig.subplots()
     has_majority = any(evals[k].get("majority_accuracy") is not None for k in keys)
     width = 0.38 if has_majority else 0.6
     series = [("accuracy", "#4c72b0", 0.0)] + ([("majority_accuracy", "#55a868", width)] if has_majority else [])

@@ -74,7 +74,7 @@ def build_trainer(cfg: TrainConfig, model, tokenizer, examples: list[dict[str, A
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler_type,
         warmup_steps=cfg.warmup_ratio,
-        max_length=max_length,
+        max_length=None if cfg.padding_free and not cfg.packing else max_length,  # TRL: no cut when padding-free
         completion_only_loss=True,
         bf16=cfg.bf16,  # TRL turns bf16 on by default; we decide explicitly
         fp16=False,
@@ -85,12 +85,14 @@ def build_trainer(cfg: TrainConfig, model, tokenizer, examples: list[dict[str, A
         save_steps=cfg.save_steps or 500,
         eval_strategy="epoch" if eval_rows else "no",
         packing=cfg.packing,
+        padding_free=cfg.padding_free,
         report_to="none",
         seed=cfg.seed,
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         disable_tqdm=bool(os.environ.get("SEQDISTILL_NO_PROGRESS")),
         prediction_loss_only=True,  # eval reports the loss; keeping logits would hold [B, L, V] per batch
+        use_liger_kernel=cfg.liger_kernel,
     )
     return DistillTrainer(
         model=model,
@@ -162,6 +164,13 @@ def _inputs(cfg: TrainConfig) -> list[dict[str, Any]]:
     if not cfg.model:
         raise ConfigError("train needs a student model: --model DIR (or bundled:smollm2)")
     return load_examples(cfg.input, cfg.reasoning)
+
+
+def _require(module: str, message: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(message)
 
 
 def _load_tokenizer(name: str, key: str):
@@ -241,7 +250,11 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     examples = _inputs(cfg)
     from seqdistill.models import load_model
 
-    model, tokenizer = load_model(cfg.model, "float32", for_generation=False)
+    if cfg.liger_kernel:
+        _require("liger_kernel", "liger_kernel: true needs `pip install liger-kernel` (and a GPU)")
+    model, tokenizer = load_model(
+        cfg.model, cfg.dtype, for_generation=False, attn_implementation=cfg.attn_implementation
+    )
     lengths = example_lengths(tokenizer, examples)
     preflight = run_preflight(
         tokenizer, examples, lengths, cfg.max_length, cfg.max_truncated_share, _eos_list(model.generation_config)
@@ -251,6 +264,11 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     cut = preflight["truncated"]
     if cut:
         log.warning("max_length %d cuts %d of %d samples (longest: %d tokens)", max_length, cut, len(lengths), longest)
+    if cut and cfg.padding_free and not cfg.packing:
+        raise ConfigError(
+            f"padding_free without packing cannot cut examples to max_length {max_length} ({cut} are longer, the "
+            f"longest {longest} tokens): raise max_length, unset it, or set packing: true"
+        )
     kd = attach_soft_targets(cfg, tokenizer, examples) if cfg.kd_alpha > 0 else None
     trainer = build_trainer(cfg, model, tokenizer, examples, max_length, kd["k"] if kd else 0)
     out = Path(cfg.output)
