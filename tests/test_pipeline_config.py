@@ -29,6 +29,6 @@ def test_teacher_eval_reaches_the_teacher_like_generate_and_asks_like_eval():
     assert (teacher.http_client, teacher.api_key_env, teacher.prompt) == ("openai", "KEY", "teacher")
     assert (teacher.n, teacher.shard, teacher.sampling.temperature) == (1, None, 0.0)  # eval's, not generate's
     assert teacher.prompts.source == "heldout.jsonl" and teacher.check == "numeric"
-    assert (before.backend, before.model, before.prompt) == ("transformers", "small", "student")
+    assert (before.backend, before.model, before.prompt) == ("auto", "small", "student")  # vLLM on a GPU
     assert after.model == "runs/x/student"
     assert len({teacher.output, before.output, after.output}) == 3
