@@ -218,6 +218,11 @@ class TrainConfig(_Config):
     lora_r: int = Field(16, ge=1, description="LoRA rank.")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling alpha.")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    qlora: bool = Field(
+        False,
+        description="LoRA on the student loaded in 4-bit NF4 (bitsandbytes: pip install 'seqdistill[qlora]'); "
+        "saved merged into the full-precision weights.",
+    )
     save_steps: int | None = Field(
         None, ge=1, description="Checkpoint every N steps under <output>/checkpoints (a rerun resumes from the last)."
     )
@@ -241,6 +246,8 @@ class TrainConfig(_Config):
 
     @model_validator(mode="after")
     def _check_kd(self) -> TrainConfig:
+        if self.qlora:
+            self.lora = True  # QLoRA is LoRA on a quantized base
         if self.kd_alpha > 0 and (self.packing or self.padding_free):
             raise ValueError(
                 "kd_alpha > 0 (soft targets) does not work with packing or padding_free yet: set them to false"

@@ -77,7 +77,11 @@ def _materialize_bundled(name: str) -> Path:
 
 
 def load_model(
-    name: str | None, dtype: str = "float32", for_generation: bool = True, attn_implementation: str | None = None
+    name: str | None,
+    dtype: str = "float32",
+    for_generation: bool = True,
+    attn_implementation: str | None = None,
+    quantization_config=None,
 ):
     """(model, tokenizer) from a local dir, a hub id, or a bundled name; left padding for generation."""
     import torch
@@ -92,6 +96,8 @@ def load_model(
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        if quantization_config is not None:
+            extra["quantization_config"] = quantization_config
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **extra)
     except (OSError, ImportError) as e:  # ImportError: e.g. flash_attention_2 without flash-attn installed
         raise ConfigError(f"cannot load model {name!r}: {str(e).splitlines()[0][:200]}") from None

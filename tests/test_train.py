@@ -149,6 +149,33 @@ def test_lora_trains_only_adapter_weights_and_saves_a_merged_student(tiny_model,
     assert torch.equal(before["model.embed_tokens.weight"], after["model.embed_tokens.weight"])  # not a LoRA target
 
 
+def test_qlora_trains_adapters_on_a_4bit_student_and_saves_it_merged_in_full_precision(tiny_model, tmp_path):
+    pytest.importorskip("bitsandbytes")  # in the dev extra: its 4-bit layers run on CPU
+    import torch
+    from bitsandbytes.nn import Linear4bit
+    from transformers import AutoModelForCausalLM
+
+    from seqdistill.models import load_model
+
+    kept = _kept_file(tmp_path / "kept.jsonl", 8)
+    out = tmp_path / "qlora"
+    cfg = TrainConfig(input=str(kept), model=tiny_model, output=str(out), epochs=1, batch_size=4,
+                      learning_rate=1e-2, qlora=True, lora_r=4)  # fmt: skip
+    assert cfg.lora, "qlora implies lora"
+    model, tok = load_model(tiny_model, for_generation=False, quantization_config=train._qlora_config(cfg))
+    trainer = train.build_trainer(cfg, model, tok, train.load_examples(cfg.input, cfg.reasoning), 512)
+    assert any(isinstance(m, Linear4bit) for m in trainer.model.modules()), "the base is quantized to 4 bits"
+    trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    report = train.run(cfg)
+    assert report["lora"] is True and math.isfinite(report["train_loss"])
+    assert (out / "adapter" / "adapter_config.json").is_file()
+    before = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    assert set(before) == set(after) and after["model.layers.0.mlp.up_proj.weight"].dtype == torch.float32
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.endswith("proj.weight"))
+
+
 def test_packing_and_eval_split(tiny_model, tmp_path):
     kept = _kept_file(tmp_path / "kept.jsonl", 10)
     report = train.run(TrainConfig(input=str(kept), model=tiny_model, output=str(tmp_path / "p"), epochs=1,

@@ -131,6 +131,32 @@ def _lora_config(cfg: TrainConfig):
     )  # fmt: skip
 
 
+def _qlora_config(cfg: TrainConfig):
+    _require("bitsandbytes", "qlora: true needs bitsandbytes: pip install 'seqdistill[qlora]'")
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if cfg.bf16 or cfg.dtype == "bfloat16" else torch.float32
+    return BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute
+    )
+
+
+def _save_merged(cfg: TrainConfig, model, out: Path) -> None:
+    """Save the student with its LoRA adapters merged (QLoRA: into the full-precision base, not the 4-bit one)."""
+    if not cfg.qlora:
+        model.merge_and_unload().save_pretrained(str(out))
+        return
+    from peft import PeftModel
+
+    from seqdistill.models import load_model
+
+    adapter = out / "adapter"
+    model.save_pretrained(str(adapter))  # the adapters alone, kept beside the merged student
+    base, _ = load_model(cfg.model, cfg.dtype, for_generation=False)
+    PeftModel.from_pretrained(base, str(adapter)).merge_and_unload().save_pretrained(str(out))
+
+
 def _step_counter():
     """A callback counting the optimizer steps this run takes (transformers is imported only to train)."""
     from transformers import TrainerCallback
@@ -253,8 +279,9 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.liger_kernel:
         _require("liger_kernel", "liger_kernel: true needs `pip install liger-kernel` (and a GPU)")
     model, tokenizer = load_model(
-        cfg.model, cfg.dtype, for_generation=False, attn_implementation=cfg.attn_implementation
-    )
+        cfg.model, cfg.dtype, for_generation=False, attn_implementation=cfg.attn_implementation,
+        quantization_config=_qlora_config(cfg) if cfg.qlora else None,
+    )  # fmt: skip
     lengths = example_lengths(tokenizer, examples)
     preflight = run_preflight(
         tokenizer, examples, lengths, cfg.max_length, cfg.max_truncated_share, _eos_list(model.generation_config)
@@ -282,7 +309,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     seconds = time.monotonic() - start
     if cfg.lora:  # merge the adapters: the student is a plain model for eval and serving
         if trainer.accelerator.is_main_process:
-            trainer.model.merge_and_unload().save_pretrained(str(out))
+            _save_merged(cfg, trainer.model, out)
     else:
         trainer.save_model(str(out))  # weights and generation config (EOS checked by the pre-flight)
     tokenizer.save_pretrained(str(out))  # includes the chat template
