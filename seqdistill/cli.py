@@ -96,7 +96,7 @@ def generate_cmd(
         str | None, typer.Option(help="Prompt source: JSONL, Parquet, dataset dir or hub name.")
     ] = None,
     output: Annotated[str | None, typer.Option(help="Samples file (appended to; resumed from).")] = None,
-    backend: Annotated[str | None, typer.Option(help="openai | transformers | vllm.")] = None,
+    backend: Annotated[str | None, typer.Option(help="openai | transformers | vllm | auto.")] = None,
     model: Annotated[str | None, typer.Option(help="Teacher model (served name, HF dir, bundled:smollm2).")] = None,
     base_url: Annotated[
         str | None, typer.Option(help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.")

@@ -1,8 +1,11 @@
 """In-process generation with transformers: the embedded default that runs on a laptop CPU.
 
 Samples are sorted by prompt length and generated in batches (left padding); a batch stops as soon
-as every row has produced its end-of-turn token. Not covered: speculative decoding, KV-cache reuse
-across samples of one prompt, multi-GPU — use the vllm or openai backends for real throughput.
+as every row has produced its end-of-turn token. With `logprobs=K` it records, per generated token, the
+model's raw (temperature 1) log-probability and its top K, in the same compact form as the other
+backends; that holds batch × steps × vocabulary logits while a batch runs (lower `batch_size` for long
+outputs). Not covered: speculative decoding, KV-cache reuse across samples of one prompt, multi-GPU —
+use the vllm or openai backends for real throughput.
 """
 
 from __future__ import annotations
@@ -55,9 +58,12 @@ class TransformersBackend(Backend):
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if s.stop:
             kwargs.update(stop_strings=s.stop, tokenizer=tok)
+        if self.cfg.logprobs is not None:
+            kwargs.update(return_dict_in_generate=True, output_logits=True)
         with torch.inference_mode():
             out = self.model.generate(**enc, **kwargs)
-        new = out[:, enc["input_ids"].shape[1] :]
+        sequences = out.sequences if self.cfg.logprobs is not None else out
+        new = sequences[:, enc["input_ids"].shape[1] :]
         eos_ids = set(_as_list(self.model.generation_config.eos_token_id) + _as_list(tok.eos_token_id))
         results = []
         for row, ((req, idx), ids) in enumerate(zip(batch, new.tolist(), strict=True)):
@@ -68,8 +74,30 @@ class TransformersBackend(Backend):
             if s.stop and end is None and any(text.rstrip().endswith(x) for x in s.stop):
                 finish = "stop"
             usage = {"prompt_tokens": int(enc["attention_mask"][row].sum()), "completion_tokens": len(kept)}
-            results.append(Result(req, idx, text.strip(), finish, None, usage))
+            content = ids[: end if end is not None else len(ids)]  # the end-of-turn token is not text
+            logprobs = self._logprobs(out.logits, row, content) if self.cfg.logprobs is not None else None
+            results.append(Result(req, idx, text.strip(), finish, None, usage, logprobs))
         return results
+
+    def _logprobs(self, logits, row: int, ids: list[int]) -> dict | None:
+        """{"tokens", "logprobs", "top"} for one row's generated tokens, from the raw per-step logits."""
+        if not ids:
+            return None
+        torch, k = self._torch, self.cfg.logprobs
+        steps = torch.log_softmax(torch.stack([logits[i][row] for i in range(len(ids))]).float(), dim=-1)
+        chosen = steps.gather(1, torch.tensor(ids, device=steps.device).unsqueeze(1)).squeeze(1).tolist()
+        out = {"tokens": [self._text(t) for t in ids], "logprobs": [round(v, 4) for v in chosen]}
+        if k:
+            values, top_ids = steps.topk(k, dim=-1)
+            out["top"] = [
+                [[self._text(t), round(v, 4)] for t, v in zip(tid, val, strict=True)]
+                for tid, val in zip(top_ids.tolist(), values.tolist(), strict=True)
+            ]
+        return out
+
+    def _text(self, token_id: int) -> str:
+        """A token as servers report it: its text, not its vocabulary entry (' the', not 'Ġthe')."""
+        return self.tokenizer.convert_tokens_to_string([self.tokenizer.convert_ids_to_tokens(token_id)])
 
     def close(self) -> None:
         self.model = None
