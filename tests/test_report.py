@@ -54,6 +54,7 @@ def make_run(root: Path, *, train: bool = True, evals: bool = True, name: str = 
             "model": str(root / "no-such-model"), "output": f"{rel}/student", "examples": 4, "epochs": 1.0,
             "steps": 4, "loss_history": [{"step": s, "loss": 2.0 / s} for s in (1, 2, 3, 4)],
             "eval_loss": 0.9, "seconds": 1.5,
+            "kd": {"k": 5, "alpha": 0.5, "temperature": 2.0, "coverage": 0.91},
         }  # fmt: skip
         (run / "student").mkdir()
         (run / "student" / "training_report.json").write_text(json.dumps(summary["train"]))
@@ -101,6 +102,7 @@ def test_report_is_one_self_contained_page_with_four_figures(tmp_path):
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in page  # the longest completion, escaped
     assert "reference 42 &lt;b&gt;" in page  # a funnel reason, escaped
     assert "whitespace-separated words" in page  # the student model does not exist: words, said so
+    assert "kd_alpha 0.5, T 2.0, top-5, 91% of supervised tokens" in page  # soft-target training, summarised
 
 
 def test_dataset_card_names_the_data_and_its_size(tmp_path):

@@ -329,7 +329,11 @@ def loss_section(facts: RunFacts) -> Section:
     )
     keys = ("examples", "epochs", "steps", "train_loss", "first_loss", "last_loss", "eval_loss", "tokens",
             "max_length", "truncated_examples", "seconds", "tokens_per_s")  # fmt: skip
-    s.body = html_table(["", "value"], [[k, t[k]] for k in keys if t.get(k) is not None])
+    rows = [[k, t[k]] for k in keys if t.get(k) is not None]
+    if kd := t.get("kd"):  # soft-target training: its settings and how much of the data it covered
+        rows.append(["soft targets", f"kd_alpha {kd.get('alpha')}, T {kd.get('temperature')}, top-{kd.get('k')}, "
+                                     f"{kd.get('coverage', 0):.0%} of supervised tokens"])  # fmt: skip
+    s.body = html_table(["", "value"], rows)
     return s
 
 
