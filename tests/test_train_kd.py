@@ -189,6 +189,8 @@ def test_generate_with_logprobs_then_train_on_soft_targets(tiny_model, tmp_path)
     result = runner.invoke(app, ["train", str(samples), "--model", tiny_model, "--output", str(out),
                                  "--set", "kd_alpha=0.5", "--set", "epochs=1", "--set", "batch_size=4"])  # fmt: skip
     assert result.exit_code == 0, result.output
+    check = runner.invoke(app, ["train", str(samples), "--model", tiny_model, "--check", "--set", "kd_alpha=0.5"])
+    assert check.exit_code == 0 and "kd_coverage" in check.output, check.output
     kd = json.loads((out / "training_report.json").read_text())["kd"]
     # a random tiny model samples token runs that re-tokenize differently, so only part is covered here
     assert kd["k"] == 3 and kd["teacher_tokenizer"] == tiny_model and kd["covered_tokens"] > 0

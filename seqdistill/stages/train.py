@@ -253,7 +253,10 @@ def attach_soft_targets(cfg: TrainConfig, tokenizer, examples: list[dict[str, An
 
 
 def check(cfg: TrainConfig) -> dict[str, Any]:
-    """`seqdistill train --check`: the pre-flight check alone (tokenizer and configs, no weights loaded)."""
+    """`seqdistill train --check`: the pre-flight check alone (tokenizer and configs, no weights loaded).
+
+    With `kd_alpha` > 0 it also checks the teacher's vocabulary and reports the soft targets' coverage.
+    """
     examples = _inputs(cfg)
     from transformers import AutoTokenizer, GenerationConfig
 
@@ -269,7 +272,11 @@ def check(cfg: TrainConfig) -> dict[str, Any]:
     except OSError:  # no generation_config.json: nothing to compare
         generation_eos = None
     lengths = example_lengths(tokenizer, examples)
-    return run_preflight(tokenizer, examples, lengths, cfg.max_length, cfg.max_truncated_share, generation_eos)
+    report = run_preflight(tokenizer, examples, lengths, cfg.max_length, cfg.max_truncated_share, generation_eos)
+    if cfg.kd_alpha > 0:  # the vocabulary check and the soft-target coverage, before any GPU time is spent
+        kd = attach_soft_targets(cfg, tokenizer, examples)
+        report.update(kd_top_k=kd["k"], kd_coverage=kd["coverage"], kd_teacher_tokenizer=kd["teacher_tokenizer"])
+    return report
 
 
 def run(cfg: TrainConfig) -> dict[str, Any]:
