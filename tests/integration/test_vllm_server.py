@@ -311,3 +311,27 @@ def test_unknown_model_is_one_404_error_line(vllm_server, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert "404" in lines[0] and "no-such-model" in lines[0]
     assert not output.exists() or output.read_text() == ""
+
+
+def test_vllm_logprobs_line_up_with_the_students_tokens_as_soft_targets(vllm_server, tmp_path, pytestconfig):
+    """vLLM's top-k token texts map back onto the student's tokenization (same tokenizer): soft targets cover them."""
+    from seqdistill.config import TrainConfig
+    from seqdistill.models import load_model
+    from seqdistill.stages import train
+
+    prompts = write_jsonl(tmp_path / "heldout.jsonl", prompt_rows())
+    out = tmp_path / "samples.jsonl"
+    assert_exit(CliRunner().invoke(app, generate_args(vllm_server.base_url, prompts, out, "--set", "logprobs=5")), 0)
+    rows = samples(out)
+    assert all(len(step) == 5 for s in rows for step in s.meta["logprobs"]["top"])
+    cfg = TrainConfig(input=str(out), model="bundled:smollm2", kd_alpha=0.5, kd_teacher_tokenizer="bundled:smollm2")
+    _, tok = load_model(cfg.model, for_generation=False)
+    kd = train.attach_soft_targets(cfg, tok, train.load_examples(cfg.input, cfg.reasoning))
+    teacher_tokens = sum(len(s.meta["logprobs"]["tokens"]) for s in rows)
+    line = f"vLLM soft targets: {kd['covered_tokens']} of {teacher_tokens} teacher tokens aligned"
+    _report(pytestconfig, line)
+    assert kd["k"] == 5 and kd["covered_tokens"] >= 0.95 * teacher_tokens, line
+    result = CliRunner().invoke(app, ["train", str(out), "--model", "bundled:smollm2", "--check", "--set",
+                                      "kd_alpha=0.5", "--set", "kd_teacher_tokenizer=bundled:smollm2"])  # fmt: skip
+    assert_exit(result, 0)
+    assert "kd_coverage" in result.stdout
