@@ -35,14 +35,18 @@ MATH_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("completion", "reference", "correct", "answer"), MATH_CASES)
-def test_math(completion, reference, correct, answer):
-    verdict = check("math", completion, reference)
+def assert_verdict(verdict, correct, answer) -> None:
+    """The tri-state verdict, the extracted answer when the case names one, and no answer when unverifiable."""
     assert verdict.correct is correct, verdict
     if answer is not None:
         assert verdict.answer == answer
     if correct is None:
         assert verdict.answer is None
+
+
+@pytest.mark.parametrize(("completion", "reference", "correct", "answer"), MATH_CASES)
+def test_math(completion, reference, correct, answer):
+    assert_verdict(check("math", completion, reference), correct, answer)
 
 
 NUMERIC_CASES = [
@@ -71,12 +75,7 @@ NUMERIC_CASES = [
 
 @pytest.mark.parametrize(("completion", "reference", "correct", "answer"), NUMERIC_CASES)
 def test_numeric(completion, reference, correct, answer):
-    verdict = check("numeric", completion, reference)
-    assert verdict.correct is correct, verdict
-    if answer is not None:
-        assert verdict.answer == answer
-    if correct is None:
-        assert verdict.answer is None
+    assert_verdict(check("numeric", completion, reference), correct, answer)
 
 
 CHOICE_CASES = [
@@ -101,12 +100,7 @@ CHOICE_CASES = [
 
 @pytest.mark.parametrize(("completion", "reference", "correct", "answer"), CHOICE_CASES)
 def test_choice(completion, reference, correct, answer):
-    verdict = check("choice", completion, reference)
-    assert verdict.correct is correct, verdict
-    if answer is not None:
-        assert verdict.answer == answer
-    if correct is None:
-        assert verdict.answer is None
+    assert_verdict(check("choice", completion, reference), correct, answer)
 
 
 EXACT_CASES = [
@@ -125,12 +119,7 @@ EXACT_CASES = [
 
 @pytest.mark.parametrize(("completion", "reference", "correct", "answer"), EXACT_CASES)
 def test_exact(completion, reference, correct, answer):
-    verdict = check("exact", completion, reference)
-    assert verdict.correct is correct, verdict
-    if answer is not None:
-        assert verdict.answer == answer
-    if correct is None:
-        assert verdict.answer is None
+    assert_verdict(check("exact", completion, reference), correct, answer)
 
 
 def test_reason_texts():
@@ -246,12 +235,7 @@ REGEX_CASES = [
 
 @pytest.mark.parametrize(("pattern", "completion", "reference", "correct", "answer"), REGEX_CASES)
 def test_regex(pattern, completion, reference, correct, answer):
-    verdict = check("regex", completion, reference, pattern=pattern)
-    assert verdict.correct is correct, verdict
-    if answer is not None:
-        assert verdict.answer == answer
-    if correct is None:
-        assert verdict.answer is None
+    assert_verdict(check("regex", completion, reference, pattern=pattern), correct, answer)
 
 
 def test_regex_factory_builds_independent_checkers():
