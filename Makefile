@@ -58,6 +58,6 @@ test-vllm: install
 	.venv-vllm/bin/python -c "import vllm" || (echo "error: .venv-vllm cannot import vllm: remove it and run make test-vllm again" >&2; exit 1)
 	SEQDISTILL_VLLM_PYTHON=$(CURDIR)/.venv-vllm/bin/python $(BIN)/python -m pytest -q -m integration tests/integration --durations=5
 
-# Rewrite the README's config reference from the config classes (tests/test_docs.py checks it is current).
+# Rewrite docs/config.md's config reference from the config classes (tests/test_docs.py checks it is current).
 docs: install
-	$(BIN)/python -c "import re, pathlib; from seqdistill.config import reference_markdown as r; p = pathlib.Path('README.md'); s = p.read_text(); p.write_text(re.sub(r'(<!-- config-keys:start -->\n).*?(<!-- config-keys:end -->)', lambda m: m.group(1) + r() + m.group(2), s, flags=re.S))"
+	$(BIN)/python -c "import re, pathlib; from seqdistill.config import reference_markdown as r; p = pathlib.Path('docs/config.md'); s = p.read_text(); p.write_text(re.sub(r'(<!-- config-keys:start -->\n).*?(<!-- config-keys:end -->)', lambda m: m.group(1) + r() + m.group(2), s, flags=re.S))"

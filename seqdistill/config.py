@@ -358,7 +358,7 @@ def _validate(cls: type[_Config], data: dict[str, Any], origin: str) -> Any:
         err = e.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
-            raise ConfigError(f"{origin}: unknown config key '{loc}' (check its spelling; see the README)") from None
+            raise ConfigError(f"{origin}: unknown config key '{loc}' (check its spelling; see docs/config.md)") from None
         raise ConfigError(f"{origin}: {loc}: {err['msg']}") from None
 
 
@@ -410,9 +410,9 @@ def api_key(cfg: GenerateConfig) -> str:
 
 
 def reference_markdown() -> str:
-    """The config keys as Markdown tables, from the fields' defaults and descriptions (README's reference).
+    """The config keys as Markdown tables, from the fields' defaults and descriptions (docs/config.md).
 
-    `python -m seqdistill.config` prints it; a test checks the README holds exactly this text.
+    `python -m seqdistill.config` prints it; a test checks docs/config.md holds exactly this text.
     """
     sections = [
         ("pipeline (`seqdistill run`)", PipelineConfig, ""),

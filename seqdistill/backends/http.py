@@ -2,7 +2,7 @@
 
 - `FastTransport` (the default): one aiohttp session, the body as JSON bytes, the answer parsed with
   `json.loads`. On 2 cores it costs ~0.2 ms of client CPU per request where the official `openai` SDK
-  costs ~1.2 ms (typed-dict conversion, request building, response models): see bench/README.md.
+  costs ~1.2 ms (typed-dict conversion, request building, response models): see docs/benchmarks.md.
 - `SDKTransport`: the official `openai` async client (its aiohttp or httpx transport), for servers whose
   quirks the SDK knows about.
 """
