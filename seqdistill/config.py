@@ -358,7 +358,7 @@ def _validate(cls: type[_Config], data: dict[str, Any], origin: str) -> Any:
         err = e.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
-            raise ConfigError(f"{origin}: unknown config key '{loc}' (check its spelling; see docs/config.md)") from None
+            raise ConfigError(f"{origin}: unknown config key '{loc}' (see docs/config.md)") from None
         raise ConfigError(f"{origin}: {loc}: {err['msg']}") from None
 
 
