@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -27,7 +28,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def make_sample(prompt_id: str = "p1", index: int = 0, text: str = "The answer is \\boxed{42}.", **over: Any) -> dict:
     """A valid sample record as a dict (override any field with keyword arguments)."""
     row: dict[str, Any] = {
-        "id": f"{prompt_id}-{index}-{abs(hash(text)) % 10**8}",
+        "id": f"{prompt_id}-{index}-{hashlib.sha256(text.encode()).hexdigest()[:8]}",
         "prompt_id": prompt_id,
         "sample_index": index,
         "prompt": [{"role": "user", "content": f"Question {prompt_id}?"}],

@@ -44,9 +44,6 @@ class Length(Rule):
 
     Limits: the count excludes the chat template's special tokens, so the real sequence is a few
     tokens longer; the prompt is not counted.
-
-    >>> Length(1, 3).max_tokens
-    3
     """
 
     name = "length"
@@ -109,9 +106,6 @@ class Think(Rule):
 
     Limits: tags are matched literally (`<think>`, lower case); other reasoning markers (`<reasoning>`,
     `<|begin_of_thought|>`) are not recognised. Only the first block is checked for being empty.
-
-    >>> Think(required=True).required
-    True
     """
 
     name = "think"
@@ -163,9 +157,6 @@ class Repetition(Rule):
     Limits: word-level only, so repetition inside one long token (no spaces, e.g. CJK text or
     "aaaa…") is not seen; legitimately repetitive text (tables, enumerations, code) can score high,
     so keep `max_ratio` loose (0.3 ≈ 30% of all 4-grams are repeats).
-
-    >>> Repetition(n=2, max_ratio=0.5).n
-    2
     """
 
     name = "repetition"
@@ -221,9 +212,6 @@ class Refusal(Rule):
 
     Limits: a plain substring match, English only; a completion that quotes a refusal phrase (e.g.
     explaining what a chatbot says) is dropped too, and refusals worded otherwise are kept.
-
-    >>> Refusal(["nope"]).phrases
-    ['nope']
     """
 
     name = "refusal"
