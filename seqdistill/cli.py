@@ -27,8 +27,18 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _rank() -> int:
+    """This process's rank under `torchrun` / `accelerate launch` (0 when not distributed)."""
+    try:
+        return int(os.environ.get("RANK") or 0)
+    except ValueError:
+        return 0
+
+
 err = Console(stderr=True)
-out = Console()
+out = Console(quiet=_rank() != 0)  # several training processes: only rank 0 prints results
 
 ConfigOpt = Annotated[
     str | None, typer.Option("--config", "-c", help="YAML config (stage keys or a pipeline recipe).")
@@ -43,7 +53,10 @@ def _setup_logging() -> None:
     from rich.logging import RichHandler
 
     logging.basicConfig(
-        level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=err, show_path=False)], force=True
+        level=logging.INFO if _rank() == 0 else logging.ERROR,
+        format="%(message)s",
+        handlers=[RichHandler(console=err, show_path=False)],
+        force=True,
     )
     for noisy in ("httpx", "httpx2", "openai", "datasets", "filelock", "urllib3", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -87,6 +87,7 @@ def build_trainer(cfg: TrainConfig, model, tokenizer, examples: list[dict[str, A
         packing=cfg.packing,
         padding_free=cfg.padding_free,
         report_to="none",
+        ddp_find_unused_parameters=False,  # every parameter gets a gradient: skip DDP's extra graph traversal
         seed=cfg.seed,
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
@@ -319,7 +320,9 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
             _save_merged(cfg, trainer.model, out)
     else:
         trainer.save_model(str(out))  # weights and generation config (EOS checked by the pre-flight)
-    tokenizer.save_pretrained(str(out))  # includes the chat template
+    main_process = trainer.is_world_process_zero()  # several processes (torchrun): one writes the outputs
+    if main_process:
+        tokenizer.save_pretrained(str(out))  # includes the chat template
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     tokens = sum(min(n, max_length) for n in lengths) * cfg.epochs
     report = {
@@ -350,5 +353,6 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         "seconds": round(seconds, 1),
         "tokens_per_s": round(tokens / max(seconds, 1e-9), 1),
     }
-    write_json(out / "training_report.json", report)
+    if main_process:
+        write_json(out / "training_report.json", report)
     return report
