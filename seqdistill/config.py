@@ -303,6 +303,9 @@ class PipelineConfig(_Config):
 
 
 SECTIONS = ("generate", "filter", "train", "eval")
+_STAGE_CLASSES: dict[str, type[_Config]] = {
+    "generate": GenerateConfig, "filter": FilterConfig, "train": TrainConfig, "eval": EvalConfig,
+}  # fmt: skip
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -351,15 +354,63 @@ def read_yaml(path: str | None) -> dict[str, Any]:
     return data
 
 
-def _validate(cls: type[_Config], data: dict[str, Any], origin: str) -> Any:
+def _validate(cls: type[_Config], data: dict[str, Any], origin: str, sources: dict[str, str] | None = None) -> Any:
+    """Validate `data` as `cls`; the first error names where the bad key or value came from and how to fix it.
+
+    `sources` maps dotted keys to where their value was given (a flag, a `--set`, a file line); keys not in it
+    are blamed on `origin`.
+    """
     try:
         return cls.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
+        parts = [str(p) for p in err["loc"]]
+        loc = ".".join(parts)
+        where = _source(sources or {}, parts, origin)
         if err["type"] == "extra_forbidden":
-            raise ConfigError(f"{origin}: unknown config key '{loc}' (see docs/config.md)") from None
-        raise ConfigError(f"{origin}: {loc}: {err['msg']}") from None
+            raise ConfigError(f"{where}: unknown config key '{loc}'{_key_hint(cls, parts)}") from None
+        raise ConfigError(f"{where}: {loc}: {err['msg']}") from None
+
+
+def _source(sources: dict[str, str], parts: list[str], origin: str) -> str:
+    """Where the value at `parts` came from: the longest dotted prefix that has a recorded source."""
+    for end in range(len(parts), 0, -1):
+        if (found := sources.get(".".join(parts[:end]))) is not None:
+            return found
+    return origin
+
+
+def _fields_at(cls: type[BaseModel], parts: list[str]) -> dict[str, Any] | None:
+    """The fields of the (nested) config model that holds the key at `parts`, or None past a non-model."""
+    model: Any = cls
+    for part in parts[:-1]:
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        model = next((a for a in (field.annotation, *getattr(field.annotation, "__args__", ())) if _is_model(a)), None)
+        if model is None:
+            return None
+    return model.model_fields
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _key_hint(cls: type[BaseModel], parts: list[str]) -> str:
+    """' (did you mean ...?)' for a typo, or the stage a key belongs to; else where the keys are listed."""
+    import difflib
+
+    name, fields = parts[-1], _fields_at(cls, parts) or {}
+    prefix = ".".join(parts[:-1] + [""])
+    close = difflib.get_close_matches(name, list(fields), n=1, cutoff=0.7)
+    if close:
+        return f" (did you mean '{prefix}{close[0]}'?)"
+    owners = [stage for stage, other in _STAGE_CLASSES.items() if other is not cls and name in other.model_fields]
+    stage = next((s for s, c in _STAGE_CLASSES.items() if c is cls), None)
+    if owners and stage:
+        return f" ('{name}' is a key of {' and '.join(owners)}, not of {stage}; see docs/config.md)"
+    return " (see docs/config.md for the keys)"
 
 
 def load_stage(
@@ -369,28 +420,72 @@ def load_stage(
     data = read_yaml(path)
     origin = f"config {path}" if path else "config"
     overrides = {k: v for k, v in (flags or {}).items() if v is not None}
-    overrides.update(parse_set(sets or []))
+    parsed = parse_set(sets or [])
+    overrides.update(parsed)
     # a recipe may omit this stage's section (defaults) and run_dir: any section key marks it as a recipe
     is_recipe = "run_dir" in data or any(key in data for key in SECTIONS)
+    prefix = f"{section}." if is_recipe else ""
+    sources = {**yaml_lines(path), **_override_sources(flags or {}, sets or [], parsed, prefix)}
     if is_recipe:
         for key, value in overrides.items():
             _put(data, f"{section}.{key}", value)
-        pipeline = _validate(PipelineConfig, data, origin).resolved()
+        pipeline = _validate(PipelineConfig, data, origin, sources).resolved()
         stage = getattr(pipeline, section)
         if stage is None:
             raise ConfigError(f"{origin}: no '{section}' section")
         return stage
     for key, value in overrides.items():
         _put(data, key, value)
-    cls = {"generate": GenerateConfig, "filter": FilterConfig, "train": TrainConfig, "eval": EvalConfig}[section]
-    return _validate(cls, data, origin)
+    return _validate(_STAGE_CLASSES[section], data, origin, sources)
 
 
 def load_pipeline(path: str, sets: list[str] | None = None) -> PipelineConfig:
     data = read_yaml(path)
-    for key, value in parse_set(sets or []).items():
+    parsed = parse_set(sets or [])
+    for key, value in parsed.items():
         _put(data, key, value)
-    return _validate(PipelineConfig, data, f"config {path}").resolved()
+    sources = {**yaml_lines(path), **_override_sources({}, sets or [], parsed, "")}
+    return _validate(PipelineConfig, data, f"config {path}", sources).resolved()
+
+
+# CLI flags whose name is not the last part of their config key
+_FLAG_NAMES = {"prompts.source": "--prompts", "input": "the INPUT argument"}
+
+
+def _override_sources(flags: dict[str, Any], sets: list[str], parsed: dict[str, Any], prefix: str) -> dict[str, str]:
+    """Dotted key -> the flag or `--set` that gave its value (a `--set` wins over a flag, as it does in the config)."""
+    out = {
+        prefix + key: _FLAG_NAMES.get(key, "--" + key.rsplit(".", 1)[-1].replace("_", "-"))
+        for key, value in flags.items()
+        if value is not None
+    }
+    for item in sets:
+        key = item.partition("=")[0].strip()
+        if key in parsed:
+            out[prefix + key] = f"--set {key}"  # never the value: it may be a secret pasted in
+    return out
+
+
+def yaml_lines(path: str | None) -> dict[str, str]:
+    """Dotted key -> 'config FILE line N' for every key of a YAML mapping file (for error messages)."""
+    if path is None:
+        return {}
+    try:
+        root = yaml.compose(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    out: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if not isinstance(node, yaml.MappingNode):
+            return
+        for key, value in node.value:
+            dotted = f"{prefix}{key.value}"
+            out[dotted] = f"config {path} line {key.start_mark.line + 1}"
+            walk(value, dotted + ".")
+
+    walk(root, "")
+    return out
 
 
 def api_key(cfg: GenerateConfig) -> str:

@@ -108,13 +108,42 @@ def test_bad_value_names_the_field(tmp_path, text, field):
     with pytest.raises(ConfigError) as e:
         load_stage("generate", path)
     msg = str(e.value)
-    assert msg.startswith(f"config {path}: {field}: ")
+    assert msg.startswith(f"config {path} line {text.count(chr(10))}: {field}: ")
     assert "unknown config key" not in msg
 
 
 def test_bad_value_type_from_flag_names_the_field():
-    with pytest.raises(ConfigError, match=r"^config: max_per_prompt: "):
+    with pytest.raises(ConfigError, match=r"^--max-per-prompt: max_per_prompt: "):
         load_stage("filter", None, {"max_per_prompt": 0})
+
+
+def test_a_bad_value_is_blamed_on_where_it_was_given(tmp_path):
+    path = _yaml(tmp_path, "n: 2\nsampling:\n  temperature: 0.5\n")
+    with pytest.raises(ConfigError, match=r"^--set n: n: "):
+        load_stage("generate", path, sets=["n=lots"])
+    with pytest.raises(ConfigError, match=r"^--n: n: "):
+        load_stage("generate", path, {"n": -1})
+    hot = _yaml(tmp_path, "n: 2\nsampling:\n  temperature: hot\n")
+    with pytest.raises(ConfigError, match=rf"^config {hot} line 3: sampling.temperature: "):
+        load_stage("generate", hot, sets=["sampling.top_p=0.5"])
+    recipe = _yaml(tmp_path, "run_dir: r\nfilter:\n  check: math\n  workers: -1\n")
+    with pytest.raises(ConfigError, match=rf"^config {recipe} line 4: filter.workers: "):
+        load_stage("filter", recipe)
+
+
+@pytest.mark.parametrize(
+    ("section", "text", "hint"),
+    [
+        ("generate", "sampling:\n  temprature: 0.5\n", "did you mean 'sampling.temperature'?"),
+        ("filter", "max_per_promt: 2\n", "did you mean 'max_per_prompt'?"),
+        ("train", "max_per_prompt: 2\n", "'max_per_prompt' is a key of filter, not of train"),
+        ("train", "zzz: 1\n", "see docs/config.md"),
+    ],
+)
+def test_an_unknown_key_leads_to_the_fix(tmp_path, section, text, hint):
+    with pytest.raises(ConfigError) as e:
+        load_stage(section, _yaml(tmp_path, text))
+    assert hint in str(e.value)
 
 
 # ---------------------------------------------------------------------------- recipes
