@@ -60,6 +60,8 @@ def _setup_logging() -> None:
     )
     for noisy in ("httpx", "httpx2", "openai", "datasets", "filelock", "urllib3", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # bitsandbytes warns on import that an optional CPU kernel for 4-bit layers is missing, even when nothing is 4-bit
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 

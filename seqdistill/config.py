@@ -208,7 +208,9 @@ class TrainConfig(_Config):
     )
     gradient_checkpointing: bool = Field(False)
     seed: int = Field(42)
-    logging_steps: int = Field(5, ge=1)
+    logging_steps: int | None = Field(
+        None, ge=1, description="Log the loss every N optimizer steps; default: about 25 points over the run."
+    )
     packing: bool = Field(False, description="Pack examples into full sequences (TRL best-fit decreasing).")
     padding_free: bool = Field(
         False,

@@ -18,15 +18,61 @@ forward lacks `logits_to_keep` get full logits.
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 from trl import SFTTrainer
 
 from seqdistill.kd import kd_loss
 
 KD_COLUMNS = ("kd_ids", "kd_logprobs", "kd_tokens")
+log = logging.getLogger(__name__)
+
+
+def loss_line(logs: dict[str, Any], state) -> str | None:
+    """One readable line for a logging step ('step 5/40  loss 0.7310  lr 4.4e-05'), None for other logs.
+
+    >>> class S: global_step, max_steps = 5, 40
+    >>> loss_line({"loss": 0.731, "learning_rate": 4.4e-05, "kd": 0.2}, S())
+    'step 5/40  loss 0.7310  kd 0.2000  lr 4.4e-05'
+    """
+    if "loss" in logs:
+        parts = [f"step {state.global_step}/{state.max_steps}", f"loss {logs['loss']:.4f}"]
+        parts += [f"{key} {logs[key]:.4f}" for key in ("kd", "ce") if key in logs]
+        if "learning_rate" in logs:
+            parts.append(f"lr {logs['learning_rate']:.2g}")
+        return "  ".join(parts)
+    if "eval_loss" in logs:
+        return f"step {state.global_step}/{state.max_steps}  eval loss {logs['eval_loss']:.4f}"
+    return None
+
+
+class _LossInProgressBar(ProgressCallback):
+    """TRL/transformers' progress bar, with the latest loss in its line instead of raw dicts printed under it."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        line = loss_line(logs or {}, state)
+        if state.is_world_process_zero and self.training_bar is not None and line:
+            self.training_bar.set_postfix_str(line.split("  ", 1)[1], refresh=False)
+
+
+class _LossLines(TrainerCallback):
+    """Without a progress bar: one formatted log line per logging step."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        line = loss_line(logs or {}, state)
+        if state.is_world_process_zero and line:
+            log.info("%s", line)
+
+
+def readable_progress(trainer) -> None:
+    """Replace the trainer's printing callbacks: the loss in the progress line, or one line per logging step."""
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(_LossLines() if trainer.args.disable_tqdm else _LossInProgressBar())
 
 
 class KDCollator:

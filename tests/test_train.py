@@ -266,3 +266,20 @@ def test_padding_free_without_packing_refuses_to_cut(tiny_model, tmp_path):
                       max_length=16, max_truncated_share=1.0)  # fmt: skip
     with pytest.raises(ConfigError, match="padding_free without packing cannot cut"):
         train.run(cfg)
+
+
+def test_cli_training_output_is_readable_and_short_runs_have_a_loss_curve(tiny_model, tmp_path):
+    from typer.testing import CliRunner
+
+    from seqdistill.cli import app
+
+    kept = _kept_file(tmp_path / "kept.jsonl", 8)
+    out = tmp_path / "student"
+    result = CliRunner().invoke(app, ["train", str(kept), "--model", tiny_model, "--output", str(out),
+                                      "--set", "batch_size=2", "--set", "epochs=1"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "{'loss'" not in result.output, "no raw log dicts between the progress bars"
+    assert "gemm_4bit" not in result.output, "no warning about 4-bit kernels when nothing is 4-bit"
+    assert "step 4/4  loss " in result.output
+    history = json.loads((out / "training_report.json").read_text())["loss_history"]
+    assert [h["step"] for h in history] == [1, 2, 3, 4], "4 steps: the default logs every step"

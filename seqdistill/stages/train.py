@@ -12,6 +12,7 @@ With `kd_alpha` > 0 the loss adds Hinton's soft targets from the teacher's top-k
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -61,7 +62,7 @@ def build_trainer(cfg: TrainConfig, model, tokenizer, examples: list[dict[str, A
     import torch
     from trl import SFTConfig
 
-    from seqdistill.trainer import DistillTrainer
+    from seqdistill.trainer import DistillTrainer, readable_progress
 
     datasets.disable_progress_bars()
 
@@ -79,7 +80,7 @@ def build_trainer(cfg: TrainConfig, model, tokenizer, examples: list[dict[str, A
         bf16=cfg.bf16,  # TRL turns bf16 on by default; we decide explicitly
         fp16=False,
         activation_checkpointing=cfg.gradient_checkpointing,  # TRL defaults it on; off is ~25% faster on CPU
-        logging_steps=cfg.logging_steps,
+        logging_steps=logging_steps(cfg, len(train_rows)),
         logging_first_step=True,
         save_strategy="steps" if cfg.save_steps else "no",
         save_steps=cfg.save_steps or 500,
@@ -95,7 +96,7 @@ def build_trainer(cfg: TrainConfig, model, tokenizer, examples: list[dict[str, A
         prediction_loss_only=True,  # eval reports the loss; keeping logits would hold [B, L, V] per batch
         use_liger_kernel=cfg.liger_kernel,
     )
-    return DistillTrainer(
+    trainer = DistillTrainer(
         model=model,
         args=args,
         train_dataset=datasets.Dataset.from_list(train_rows),
@@ -106,6 +107,21 @@ def build_trainer(cfg: TrainConfig, model, tokenizer, examples: list[dict[str, A
         kd_temperature=cfg.kd_temperature,
         kd_k=kd_k,
     )
+    readable_progress(trainer)
+    return trainer
+
+
+def logging_steps(cfg: TrainConfig, examples: int) -> int:
+    """`logging_steps`, or about 25 points over the run so a short run still has a loss curve (packing: fewer).
+
+    >>> logging_steps(TrainConfig(batch_size=8, epochs=2), 82), logging_steps(TrainConfig(batch_size=8), 8000)
+    (1, 80)
+    """
+    if cfg.logging_steps:
+        return cfg.logging_steps
+    per_step = cfg.batch_size * cfg.gradient_accumulation_steps * int(os.environ.get("WORLD_SIZE") or 1)
+    steps = math.ceil(examples / per_step) * cfg.epochs
+    return max(1, int(steps // 25))
 
 
 def _split(examples: list[dict[str, Any]], fraction: float, seed: int):
