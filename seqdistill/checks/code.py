@@ -74,8 +74,9 @@ def _seqdistill_harness():
                 line = lineno
         lines = source.splitlines()
         code = lines[line - 1].strip() if line and 0 < line <= len(lines) else ""
-        return dict(stage=stage, error=type(e).__name__, errno=getattr(e, "errno", None), message=text,
-                    line=line, code=code)
+        errno = getattr(e, "errno", None)
+        return dict(stage=stage, error=type(e).__name__[:100], errno=errno if isinstance(errno, int) else None,
+                    message=text[:500], line=line, code=code[:200])
 
     namespace = {"__name__": "__main__", "__builtins__": builtins}
     for stage in ("solution", "tests"):
@@ -180,8 +181,10 @@ def _failure(report: dict) -> str:
         where += f" line {report['line']}"
         if report.get("code"):
             where += f" `{_clip(str(report['code']), 60)}`"
-    hint = _LIMIT_HINTS.get(report.get("error")) or _LIMIT_HINTS.get(report.get("errno"))
     message = str(report.get("message") or report.get("error"))
+    hint = _LIMIT_HINTS.get(report.get("error")) or _LIMIT_HINTS.get(report.get("errno"))
+    if "can't start new thread" in message:
+        hint = _LIMIT_HINTS[11]
     return f"{'tests' if report['stage'] == 'tests' else 'solution'} failed: {where}: {message}" + (
         f" ({hint})" if hint else ""
     )

@@ -10,8 +10,9 @@ What the script sees (``run_python``):
   empty once the script has read its input.
 - Limits (``Limits``): CPU seconds, address space, processes (threads count), file size (its stdout and
   stderr included: a program that prints gigabytes gets "File too large"), open files, wall-clock time.
-  The sandboxed script is the PID namespace's init: when it exits, or when the wall-clock limit kills it,
-  the kernel kills every process it left behind (forked children, double-forked daemons).
+  The run ends when the script exits, or at the wall-clock limit; then the PID namespace's init dies and
+  the kernel kills every process the script left behind (forked children, double-forked daemons). If
+  the checking process itself dies, bwrap and the sandbox die with it (``--die-with-parent``).
 
 Two ways to start it, chosen once per process by a probe (``mode()``):
 - ``userns``: bwrap runs unprivileged and makes a user namespace. As root, bwrap is started as an unused
@@ -48,7 +49,8 @@ log = logging.getLogger(__name__)
 BWRAP_ENV = "SEQDISTILL_BWRAP"  # path of the bwrap binary (default: `bwrap` on PATH); tests point it elsewhere
 INSTALL_HINT = "install bubblewrap (`apt-get install bubblewrap`, `dnf install bubblewrap`)"
 UID_BASE = 1_000_000  # sandboxes run as UID_BASE + the checker's pid: a uid no account and no other sandbox uses
-PYTHON: str | None = None  # the interpreter run in the sandbox (None: sys.executable); tests may change it
+PYTHON_ENV = "SEQDISTILL_SANDBOX_PYTHON"  # the interpreter to run in the sandbox (default: this one)
+PYTHON: str | None = None  # overrides both (tests)
 _OUTPUT_CHUNK = 65536
 
 
@@ -56,7 +58,7 @@ _OUTPUT_CHUNK = 65536
 class Limits:
     """Resource limits of one sandboxed run (defaults sized for a short test program)."""
 
-    cpu_seconds: int = 3  # per process; the kernel kills it at this many CPU seconds
+    cpu_seconds: int = 3  # per process; the kernel stops it at this many CPU seconds (SIGXCPU, SIGKILL 1 s later)
     wall_seconds: float = 4.0  # for the whole run, startup included; then every process is killed
     memory_bytes: int = 1 << 30  # address space per process (Python raises MemoryError)
     processes: int = 16  # processes and threads of the sandbox (a fork fails beyond it)
@@ -86,15 +88,13 @@ class SandboxUnavailable(Exception):
 
 
 # The script's first lines, run inside the sandbox before anything else: drop to the unused uid (root
-# mode), re-arm the parent-death signal that the uid change cleared, set the limits, and make the host's
-# site-packages importable without running `site` (its .pth files cost ~75 ms per start; see bench/).
+# mode), set the limits, and make the venv's site-packages importable without running `site` (its .pth
+# files cost ~75 ms per start here).
 _BOOT = r"""
 import json as _j, os as _o, resource as _r, sys as _s
 _c = _j.loads(_s.argv.pop(1))
 if _c["uid"] is not None:
     _o.setgroups([]); _o.setgid(_c["uid"]); _o.setuid(_c["uid"])
-    import ctypes as _t
-    _t.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL: die with bwrap
     if _o.getuid() == 0 or _o.geteuid() == 0:
         _o._exit(125)
 if _c["netns"]:
@@ -103,8 +103,8 @@ if _c["netns"]:
         _t.CDLL(None, use_errno=True).unshare(0x40000000)  # CLONE_NEWNET, where allowed (no sandbox mode)
     except Exception:
         pass
-for _n, _v in _c["rlimits"]:
-    _r.setrlimit(getattr(_r, _n), (_v, _v))
+for _n, _soft, _hard in _c["rlimits"]:
+    _r.setrlimit(getattr(_r, _n), (_soft, _hard))
 _s.path.extend(_c["path"])
 del _j, _o, _r, _s, _c
 """
@@ -154,7 +154,8 @@ def bwrap_path() -> str | None:
 
 
 def python_executable() -> str:
-    return PYTHON or sys.executable
+    """The interpreter the sandbox runs: ``PYTHON``, ``$SEQDISTILL_SANDBOX_PYTHON``, else this one."""
+    return PYTHON or os.environ.get(PYTHON_ENV) or sys.executable
 
 
 def _python_roots(python: str) -> list[str]:
@@ -231,7 +232,12 @@ class _Mode:
         mounts += ["--remount-ro", "/dev", "--remount-ro", "/"]  # only /tmp and /dev/shm (sized) are writable
         env = ["--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8"]
         env += ["--setenv", "PYTHONHASHSEED", "0", "--chdir", "/tmp"]
-        process = ["--die-with-parent", "--new-session", "--as-pid-1", "--json-status-fd", str(status_fd)]
+        process = ["--die-with-parent", "--new-session", "--json-status-fd", str(status_fd)]
+        if self.name == "userns":
+            # The script is the namespace's init: when it exits, the kernel kills what it left. In root mode
+            # bwrap's own init (root) stays pid 1 instead: the script's uid switch would make the kernel refuse
+            # bwrap's parent-death SIGKILL (bwrap holds no CAP_KILL), whereas root's init still gets it.
+            process.append("--as-pid-1")
         if seccomp_fd is not None:
             process += ["--seccomp", str(seccomp_fd)]
         return [self.bwrap, *isolation, *mounts, *env, *process, "--"]
@@ -374,15 +380,19 @@ def _run(mode: _Mode | None, script: str, stdin: bytes, limits: Limits) -> Sandb
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _rlimits(limits: Limits, sandboxed: bool) -> list[tuple[str, int]]:
+def _rlimits(limits: Limits, sandboxed: bool) -> list[tuple[str, int, int]]:
+    """(name, soft, hard). At the CPU soft limit the kernel sends SIGXCPU (which ends the script, and tells
+    us why even where its CPU time is not accounted to us), at the hard limit SIGKILL (a namespace's init
+    ignores SIGXCPU)."""
     rl = [
-        ("RLIMIT_CPU", limits.cpu_seconds),
-        ("RLIMIT_AS", limits.memory_bytes),
-        ("RLIMIT_FSIZE", limits.file_bytes),
-        ("RLIMIT_CORE", 0),
+        ("RLIMIT_CPU", limits.cpu_seconds, limits.cpu_seconds + 1),
+        ("RLIMIT_AS", limits.memory_bytes, limits.memory_bytes),
+        ("RLIMIT_FSIZE", limits.file_bytes, limits.file_bytes),
+        ("RLIMIT_CORE", 0, 0),
     ]
     if sandboxed:  # outside a sandbox both count every process / file of this user, not only the program's
-        rl += [("RLIMIT_NPROC", limits.processes), ("RLIMIT_NOFILE", limits.open_files)]
+        rl += [("RLIMIT_NPROC", limits.processes, limits.processes)]
+        rl += [("RLIMIT_NOFILE", limits.open_files, limits.open_files)]
     return rl
 
 
@@ -420,7 +430,9 @@ def _supervise(argv: list[str], popen_kw: dict, files: _Files, limits: Limits, s
     else:
         outcome, exit_status = "exited", code
     limit = "wall time" if timed_out else None
-    if outcome == "killed" and exit_status == signal.SIGKILL and cpu >= limits.cpu_seconds * 0.9:
+    if outcome == "killed" and (
+        exit_status == signal.SIGXCPU or (exit_status == signal.SIGKILL and cpu >= limits.cpu_seconds * 0.9)
+    ):
         limit = "cpu time"
     stderr = _read(files.stderr, limits.output_bytes)
     return SandboxResult(
