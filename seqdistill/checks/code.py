@@ -24,7 +24,7 @@ True
 
 from __future__ import annotations
 
-import json
+import ast
 import logging
 import re
 import secrets
@@ -46,7 +46,7 @@ _BLOCK = re.compile(r"```[ \t]*(?:python|py|python3)?[^\n]*\n(.*?)```", re.DOTAL
 # it reports from its own pid only: a forked copy of it that finishes the tests stays silent.
 _HARNESS = r"""
 def _seqdistill_harness():
-    import builtins, json, os, sys, traceback
+    import builtins, os, sys
     fd, me = int(sys.argv[1]), os.getpid()
     pwrite, ftruncate, getpid, exit_ = os.pwrite, os.ftruncate, os.getpid, os._exit
     chunks = []
@@ -55,28 +55,33 @@ def _seqdistill_harness():
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    job = json.loads(b"".join(chunks))
+    nonce, size, rest = b"".join(chunks).split(b"\n", 2)  # the job: nonce, len(solution), solution + tests
     del chunks
+    job = {"solution": rest[: int(size)].decode("utf-8", "surrogatepass"), "tests": rest[int(size) :].decode()}
 
     def report(**fields):
         if getpid() == me:
             ftruncate(fd, 0)
-            pwrite(fd, json.dumps(fields).encode(), 0)
+            pwrite(fd, repr(fields).encode("utf-8", "backslashreplace"), 0)
 
     def describe(stage, source, e):
+        name, line = type(e).__name__[:100], None
         try:
-            text = traceback.format_exception_only(type(e), e)[-1].strip()
+            message = e.msg if isinstance(e, SyntaxError) else str(e)
         except BaseException:
-            text = type(e).__name__
-        line = getattr(e, "lineno", None) if isinstance(e, SyntaxError) and e.filename == stage + ".py" else None
-        for frame, lineno in traceback.walk_tb(e.__traceback__):
-            if frame.f_code.co_filename == stage + ".py":
-                line = lineno
+            message = ""
+        if isinstance(e, SyntaxError) and e.filename == stage + ".py":
+            line = e.lineno
+        tb = e.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename == stage + ".py":
+                line = tb.tb_lineno
+            tb = tb.tb_next
         lines = source.splitlines()
-        code = lines[line - 1].strip() if line and 0 < line <= len(lines) else ""
+        code = lines[line - 1].strip() if isinstance(line, int) and 0 < line <= len(lines) else ""
         errno = getattr(e, "errno", None)
-        return dict(stage=stage, error=type(e).__name__[:100], errno=errno if isinstance(errno, int) else None,
-                    message=text[:500], line=line, code=code[:200])
+        return dict(stage=stage, error=name, errno=errno if type(errno) is int else None,
+                    message=f"{name}: {message}"[:500] if message else name, line=line, code=code[:200])
 
     namespace = {"__name__": "__main__", "__builtins__": builtins}
     for stage in ("solution", "tests"):
@@ -84,12 +89,12 @@ def _seqdistill_harness():
         try:
             exec(compile(source, stage + ".py", "exec"), namespace)
         except SystemExit as e:
-            report(stage=stage, error="SystemExit", message=f"exit({e.code!r}) before the tests finished")
+            report(stage=stage, error="SystemExit", message=f"exit({str(e.code)[:50]}) before the tests finished")
             exit_(1)
         except BaseException as e:
             report(**describe(stage, source, e))
             exit_(1)
-    report(passed=job["nonce"])
+    report(passed=nonce.decode())
     exit_(0)
 
 
@@ -137,7 +142,8 @@ def check_code(completion: str, reference: str, *, unsafe: bool = False) -> Verd
     if code is None:
         return Verdict(None, "no fenced code block in the completion", None)
     nonce = secrets.token_hex(16)
-    job = json.dumps({"nonce": nonce, "solution": code, "tests": reference}).encode("utf-8", "surrogatepass")
+    solution = code.encode("utf-8", "surrogatepass")
+    job = b"%s\n%d\n%s%s" % (nonce.encode(), len(solution), solution, reference.encode("utf-8", "replace"))
     run = sandbox.run_python_unsandboxed if unsafe else sandbox.run_python
     return verdict(run(_HARNESS, job, LIMITS), nonce, code)
 
@@ -161,9 +167,11 @@ def verdict(result: sandbox.SandboxResult, nonce: str, code: str) -> Verdict:
 
 
 def _report(raw: bytes) -> dict:
+    """The harness's report: a dict literal (``repr``: no json import in the sandbox). Untrusted: the program
+    may have written anything there, so only a dict of plain values counts."""
     try:
-        report = json.loads(raw.decode("utf-8"))
-    except ValueError:
+        report = ast.literal_eval(raw.decode("utf-8"))
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError, UnicodeDecodeError):
         return {}
     return report if isinstance(report, dict) else {}
 
@@ -176,18 +184,19 @@ _LIMIT_HINTS = {  # what a failure means when it is one of the sandbox's limits
 
 
 def _failure(report: dict) -> str:
+    """'tests failed: tests.py line 2 `assert f(1) == 2`: AssertionError' from the harness's report."""
     where = f"{report['stage']}.py"
     if isinstance(report.get("line"), int):
         where += f" line {report['line']}"
         if report.get("code"):
             where += f" `{_clip(str(report['code']), 60)}`"
     message = str(report.get("message") or report.get("error"))
-    hint = _LIMIT_HINTS.get(report.get("error")) or _LIMIT_HINTS.get(report.get("errno"))
+    keys = [k for k in (report.get("error"), report.get("errno")) if isinstance(k, (str, int))]
+    hint = next((_LIMIT_HINTS[k] for k in keys if k in _LIMIT_HINTS), None)
     if "can't start new thread" in message:
         hint = _LIMIT_HINTS[11]
-    return f"{'tests' if report['stage'] == 'tests' else 'solution'} failed: {where}: {message}" + (
-        f" ({hint})" if hint else ""
-    )
+    stage = "tests" if report["stage"] == "tests" else "solution"
+    return f"{stage} failed: {where}: {message}" + (f" ({hint})" if hint else "")
 
 
 def _clip(text: str, n: int) -> str:
