@@ -256,11 +256,10 @@ def _probe_script() -> str:
 
 
 @lru_cache(maxsize=8)
-def _probe(bwrap: str | None, python: str, euid: int) -> _Mode | str:
+def _probe(configured: str | None, bwrap: str | None, python: str, euid: int) -> _Mode | str:
     """Try the sandbox modes in order; the first that runs a script returns, else the failure in words."""
     if bwrap is None:
-        where = os.environ.get(BWRAP_ENV)
-        return f"no bwrap binary at {where}" if where else "no `bwrap` on PATH"
+        return f"no bwrap binary at {configured}" if configured else "no `bwrap` on PATH"
     names: list[Literal["userns", "root"]] = ["userns"]
     if euid == 0:
         readable = all(_world_readable(p) for p in [python, *_python_roots(python)])
@@ -281,7 +280,7 @@ def _probe(bwrap: str | None, python: str, euid: int) -> _Mode | str:
 
 def mode() -> _Mode:
     """The working sandbox mode (probed once per process, bwrap path and interpreter); else SandboxUnavailable."""
-    found = _probe(bwrap_path(), python_executable(), os.geteuid())
+    found = _probe(os.environ.get(BWRAP_ENV), bwrap_path(), python_executable(), os.geteuid())
     if isinstance(found, str):
         raise SandboxUnavailable(found)
     return found
