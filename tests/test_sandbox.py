@@ -148,8 +148,8 @@ def _argv0(token: str) -> str:
 
 
 def _detached(token: str, marker: Path, double: bool) -> str:
-    """Code that leaves a process behind: it sleeps 2 s, then writes ``marker`` (argv[0] is ``token``)."""
-    shell = f"sleep 2; echo escaped > {marker}"
+    """Code that leaves a process behind: it sleeps 1 s, then writes ``marker`` (argv[0] is ``token``)."""
+    shell = f"sleep 1; echo escaped > {marker}"
     if double:  # the classic daemon: fork, new session, fork again, the middle one exits
         return (
             "import os\n"
@@ -176,7 +176,7 @@ def test_no_process_outlives_the_check(interpreter, tmp_path, short_limits, doub
     assert verdict.correct is (then == GOOD), verdict.reason
     time.sleep(0.3)  # the kernel reaps the namespace asynchronously
     assert survivors(token) == []
-    time.sleep(2.5)  # what a survivor would have slept
+    time.sleep(1.5)  # longer than a survivor would have slept
     assert not marker.exists() and survivors(token) == []
 
 

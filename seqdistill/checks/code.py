@@ -7,7 +7,7 @@ the end).
 
 Pass or fail is decided by the tests' own outcome, never by the exit status: a harness reads a random
 per-check nonce from its stdin, closes stdin, runs the code block and then the tests in a fresh namespace,
-and writes ``pass <nonce>`` to its report fd only after the last test statement ran, from its own process.
+and reports ``passed=<nonce>`` on its report fd only after the last test statement ran, from its own process.
 So ``os._exit(0)``, ``sys.exit(0)`` / ``raise SystemExit(0)`` anywhere, a killed harness, a forked child
 that runs on, or a printed "tests passed" all grade as wrong. Reasons are one sanitised line of at most
 ``REASON_CHARS`` characters.
@@ -18,8 +18,10 @@ the sandbox. Tests written with ``unittest.main()`` exit the program and so alwa
 statements. A test that only compares with ``==`` can be fooled by an object whose ``__eq__`` is always
 true; that is a property of the tests, not of the check.
 
->>> check_code("```python\\ndef add(a, b):\\n    return a + b\\n```", "assert add(2, 3) == 5").correct
-True
+>>> check_code("```python\\ndef add(a, b):\\n    return a + b\\n```", "assert add(2, 3) == 5")  # doctest: +SKIP
+Verdict(correct=True, reason='tests passed', answer='def add(a, b):\\n    return a + b\\n')
+
+(Skipped as a doctest: it needs bwrap; tests/test_check_code.py runs it where bwrap works.)
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 What the script sees (``run_python``):
 - New PID, mount, IPC, UTS, network and cgroup namespaces; a new user namespace where the kernel lets an
-  unprivileged user make one (no user namespaces below it). No network at all: not even loopback is up.
+  unprivileged user make one (no user namespaces below it). No network: only the namespace's own loopback.
 - A read-only view of ``/usr`` (and ``/bin``, ``/lib*``) and of the Python installation that runs it;
   nothing else of the host: no ``/home``, ``/root``, ``/etc``, no working directory, no host ``/proc``.
   A private writable ``/tmp`` (the working directory) and ``/dev/shm``, each a small tmpfs.
@@ -33,7 +33,6 @@ sandboxed program lying about its own results (see ``checks/code.py`` for how th
 from __future__ import annotations
 
 import json
-import logging
 import os
 import select
 import shutil
@@ -44,14 +43,11 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal
 
-log = logging.getLogger(__name__)
-
 BWRAP_ENV = "SEQDISTILL_BWRAP"  # path of the bwrap binary (default: `bwrap` on PATH); tests point it elsewhere
 INSTALL_HINT = "install bubblewrap (`apt-get install bubblewrap`, `dnf install bubblewrap`)"
 UID_BASE = 1_000_000  # sandboxes run as UID_BASE + the checker's pid: a uid no account and no other sandbox uses
 PYTHON_ENV = "SEQDISTILL_SANDBOX_PYTHON"  # the interpreter to run in the sandbox (default: this one)
 PYTHON: str | None = None  # overrides both (tests)
-_OUTPUT_CHUNK = 65536
 
 
 @dataclass(frozen=True)
@@ -260,6 +256,8 @@ def _probe(configured: str | None, bwrap: str | None, python: str, euid: int) ->
     """Try the sandbox modes in order; the first that runs a script returns, else the failure in words."""
     if bwrap is None:
         return f"no bwrap binary at {configured}" if configured else "no `bwrap` on PATH"
+    if not (os.path.isfile(python) and os.access(python, os.X_OK)):
+        return f"no Python interpreter at {python} (${PYTHON_ENV})"
     names: list[Literal["userns", "root"]] = ["userns"]
     if euid == 0:
         readable = all(_world_readable(p) for p in [python, *_python_roots(python)])
