@@ -137,6 +137,11 @@ class FilterConfig(_Config):
     check: str = Field("math", description="Answer check: math | numeric | choice | exact | regex | code | none.")
     check_pattern: str | None = Field(None, description="check regex: the pattern whose first group is the answer.")
     check_timeout: float = Field(5.0, gt=0, description="Seconds one answer check may take (then: unverifiable).")
+    unsafe_code_check: bool = Field(
+        False,
+        description="Run the code check without a sandbox when bubblewrap is missing (the teacher's code then "
+        "runs as you, with your files; see docs/sandbox.md).",
+    )
     workers: int = Field(0, ge=0, description="Processes for answer checks (0: in this process).")
     vote: bool = Field(
         False, description="Prompts without a reference: the teacher's majority answer becomes the reference."

@@ -1,4 +1,4 @@
-"""The `code` check: last fenced block + the prompt's tests, in a limited subprocess."""
+"""The `code` check: last fenced block + the prompt's tests, in the sandbox (escapes: tests/test_sandbox.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import pytest
 
 from seqdistill.checks.answers import check
 from seqdistill.checks.code import last_code_block
+from tests.test_sandbox import requires_sandbox
 
 TESTS = "assert add(2, 3) == 5\nassert add(-1, 1) == 0"
 
@@ -14,6 +15,7 @@ def block(code: str, lang: str = "python") -> str:
     return f"Here is my solution.\n```{lang}\n{code}\n```\nDone."
 
 
+@requires_sandbox
 @pytest.mark.parametrize(
     ("completion", "correct", "reason"),
     [
@@ -23,7 +25,8 @@ def block(code: str, lang: str = "python") -> str:
         (block("def add(a, b) return a + b"), False, "SyntaxError"),
         ("def add(a, b): return a + b", None, "no fenced code block"),
         (block("def add(a, b):\n    return 0") + "\n" + block("def add(a, b):\n    return a + b"), True, "passed"),
-        (block("import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=1)"), False, "network"),
+        # the sandbox's own loopback, where nothing listens (the host's: tests/test_sandbox.py)
+        (block("import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=1)"), False, "Connection refused"),
         (block("x = bytearray(8 * 1024**3)"), False, "MemoryError"),
     ],
 )
@@ -32,6 +35,7 @@ def test_code_check(completion, correct, reason):
     assert verdict.correct is correct and reason in verdict.reason
 
 
+@requires_sandbox
 def test_an_infinite_loop_fails_within_the_time_limit():
     import time
 
@@ -45,6 +49,7 @@ def test_last_code_block():
     assert last_code_block("no code") is None
 
 
+@requires_sandbox
 def test_code_check_through_the_filter_in_a_worker(tmp_path):
     from seqdistill.config import FilterConfig
     from seqdistill.stages import filter as filter_stage

@@ -340,16 +340,17 @@ CHECKERS: dict[str, Checker] = {
 # Checkers that need options from the config: name -> factory(**options) -> Checker.
 CHECKER_FACTORIES: dict[str, Callable[..., Checker]] = {
     "regex": lambda pattern=None: make_regex_checker(pattern),  # type: ignore[arg-type]
-    "code": lambda pattern=None: _code_checker(),  # imported on use: it runs programs in subprocesses
+    "code": lambda pattern=None, unsafe=False: _code_checker(unsafe),  # imported on use: it runs programs
 }
+_FACTORY_OPTIONS = {"regex": {"pattern"}, "code": {"unsafe"}}
 
 CHECK_NAMES = ("exact", "math", "numeric", "choice", "regex", "code", "none")
 
 
-def _code_checker() -> Checker:
-    from seqdistill.checks.code import check_code
+def _code_checker(unsafe: bool = False) -> Checker:
+    from seqdistill.checks.code import code_checker
 
-    return check_code
+    return code_checker(unsafe)
 
 
 def get_checker(name: str, **options) -> Checker:
@@ -364,7 +365,8 @@ def get_checker(name: str, **options) -> Checker:
     True
     """
     if isinstance(name, str) and name in CHECKER_FACTORIES:
-        unknown = {k for k, v in options.items() if k != "pattern" or (name == "code" and v is not None)}
+        allowed = _FACTORY_OPTIONS[name]
+        unknown = {k for k, v in options.items() if k not in allowed and (k != "pattern" or v is not None)}
         if unknown:
             raise ConfigError(f"check {name!r} does not take option(s): {', '.join(sorted(unknown))}")
         return CHECKER_FACTORIES[name](**options)

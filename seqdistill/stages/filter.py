@@ -68,6 +68,8 @@ def build_rules(cfg: FilterConfig) -> list[Rule]:
 
 
 def _check_options(cfg: FilterConfig) -> dict[str, Any]:
+    if cfg.check == "code":
+        return {"unsafe": cfg.unsafe_code_check}
     return {"pattern": cfg.check_pattern} if cfg.check == "regex" else {}
 
 
