@@ -24,8 +24,8 @@ MULTI_BOX = [
     (r"The roots are $x = \boxed{3}$ and $x = \boxed{5}$.", "3, 5", True),
     (r"**Final Answer**" "\n" r"The integers are \boxed{-2} and \boxed{1}.", "1,-2", True),
     (
-        "<think>\n" + _WORK + r"So the integers are \boxed{-2} and \boxed{1}." "\n</think>\n\n" + _WORK
-        + r"Thus the integers are: \[ \boxed{-2} \quad \text{and} \quad \boxed{1}. \]",
+        "<think>\n" + _WORK + r"So the integers are \boxed{-2} and \boxed{1}."
+        "\n</think>\n\n" + _WORK + r"Thus the integers are: \[ \boxed{-2} \quad \text{and} \quad \boxed{1}. \]",
         "1,-2",
         True,
     ),
