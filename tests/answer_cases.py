@@ -150,4 +150,5 @@ CHOICE_CASES = [
     ("Correct choice: D. Choices A and B are wrong.", "D", True),
     ("Option B)", "B", True),
     ("The answer is option C, since option A double counts.", "C", True),
+    ("A. 3 apples: too few.\nB. 4 apples: fits.\nC. 5 apples: too many.", "A", None),  # a list, no statement
 ]

@@ -3,7 +3,7 @@
 The stated answer, not the last letter mentioned: "The answer is D, it can't be A or B" reads D,
 "A. Because B is not valid" reads A. In order: the last ``\\boxed{}``; the last answer statement
 ("the answer is (B)", "Answer: C", "the correct option is D", "I choose B", "B is the correct answer");
-the last bold letter (**B**); a letter that opens the completion ("C. Because ...", "(B) since ...");
+the last bold letter (**B**); a letter that opens the completion ("C. Because ...", "(B) since ...") unless it lists the options;
 a letter that closes it ("... we are left with B)").
 
 Limits: a lower-case letter counts only in parentheses ("the answer is (b)"), so English "a" is never
@@ -33,6 +33,7 @@ _STATEMENT_RE = re.compile(
 )
 _BOLD_RE = re.compile(r"\*\*\s*\(?([A-J])\)?[.:)]?\s*\*\*")
 _LEADING_RE = re.compile(r"\s*[*$]*(?:\(([A-J])\)|([A-J])(?:[.:)]|\s*$))")
+_OPTION_LINE_RE = re.compile(r"^\s*[*$]*\(?[A-J][.:)]", re.MULTILINE)
 _TRAILING_RE = re.compile(r"(?:^|[\s:(*$])\(?([A-J])(?:\)|\.|\b)[*$]*\s*\.?\s*$")
 
 
@@ -59,7 +60,7 @@ def extract_choice(text: str) -> str | None:
     if bolds:
         return bolds[-1]
     m = _LEADING_RE.match(text)
-    if m:
+    if m and len(_OPTION_LINE_RE.findall(text)) == 1:  # "A. Because ...", not a list of options "A. ...\nB. ..."
         return m[1] or m[2]
     m = _TRAILING_RE.search(text)
     return m[1] if m else None
