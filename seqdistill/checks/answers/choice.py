@@ -3,8 +3,8 @@
 The stated answer, not the last letter mentioned: "The answer is D, it can't be A or B" reads D,
 "A. Because B is not valid" reads A. In order: the last ``\\boxed{}``; the last answer statement
 ("the answer is (B)", "Answer: C", "the correct option is D", "I choose B", "B is the correct answer");
-the last bold letter (**B**); a letter that opens the completion ("C. Because ...", "(B) since ...") unless it lists the options;
-a letter that closes it ("... we are left with B)").
+the last bold letter (**B**); a letter that opens the completion ("C. Because ...", "(B) since ..."),
+unless the completion lists the options one per line; a letter that closes it ("... we are left with B)").
 
 Limits: a lower-case letter counts only in parentheses ("the answer is (b)"), so English "a" is never
 choice A; a statement that hedges ("A or B") reads its first letter; letters past J are not choices.
