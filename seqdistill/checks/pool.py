@@ -217,7 +217,7 @@ class CheckPool:
             raise ConfigError(f"check timeout must be >= 0 seconds, got {timeout!r}")
         if chunk_size < 1:
             raise ConfigError(f"chunk_size must be >= 1, got {chunk_size!r}")
-        self.check_ = get_check(checker_name, **options)  # fail early, in the parent
+        self.checker = get_check(checker_name, **options)  # the Check every worker runs; fails early, here
         self.workers = workers
         self.timeout = timeout
         self.chunk_size = chunk_size
@@ -236,7 +236,7 @@ class CheckPool:
             self._workers = [self._new_worker() for _ in range(workers)]
 
     def _new_worker(self) -> _Worker:
-        return _Worker(self._ctx, self.check_, self.timeout or 0)
+        return _Worker(self._ctx, self.checker, self.timeout or 0)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -270,7 +270,7 @@ class CheckPool:
 
     def check(self, completion: str, reference: str | None) -> Verdict:
         """One check, inline in this process, with the timeout where the main thread allows it."""
-        return timed_check(self.check_, completion, reference, self.timeout)
+        return timed_check(self.checker, completion, reference, self.timeout)
 
     def map(self, items: Iterable[Item]) -> Iterator[Verdict]:
         """Yield one Verdict per ``(completion, reference)``, in input order, streaming."""
@@ -290,9 +290,9 @@ class CheckPool:
         if not self.workers:
             for item in items:
                 if op == SCORE:
-                    yield timed_check(self.check_, item[0], item[1], self.timeout)
+                    yield timed_check(self.checker, item[0], item[1], self.timeout)
                 else:
-                    yield timed_extract(self.check_, item, self.timeout)
+                    yield timed_extract(self.checker, item, self.timeout)
             return
         yield from self._map_workers(op, iter(items))
 

@@ -207,7 +207,7 @@ def _votes(cfg: FilterConfig, pool: CheckPool) -> dict[str, tuple[str | None, fl
 
     keys: dict[str, list[str | None]] = defaultdict(list)
     for answer in pool.extract(unlabelled()):
-        keys[prompt_ids.popleft()].append(vote_key(pool.check_, answer.text) if answer else None)
+        keys[prompt_ids.popleft()].append(vote_key(pool.checker, answer.text) if answer else None)
     out: dict[str, tuple[str | None, float]] = {}
     for pid, answers in keys.items():
         top, count = majority(answers)
