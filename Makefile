@@ -61,3 +61,4 @@ test-vllm: install
 # Rewrite docs/config.md's config reference from the config classes (tests/test_docs.py checks it is current).
 docs: install
 	$(BIN)/python -c "import re, pathlib; from seqdistill.config import reference_markdown as r; p = pathlib.Path('docs/config.md'); s = p.read_text(); p.write_text(re.sub(r'(<!-- config-keys:start -->\n).*?(<!-- config-keys:end -->)', lambda m: m.group(1) + r() + m.group(2), s, flags=re.S))"
+	$(BIN)/python -c "import re, pathlib; from seqdistill.checks.answers.registry import markdown as r; p = pathlib.Path('docs/checks.md'); s = p.read_text(); p.write_text(re.sub(r'(<!-- checks:start -->\n).*?(<!-- checks:end -->)', lambda m: m.group(1) + r() + m.group(2), s, flags=re.S))"

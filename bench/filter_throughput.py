@@ -4,7 +4,10 @@
 
 Builds N samples over N/4 prompts (mixed integer / fraction / decimal answers in \\boxed{}, about a third
 wrong, 10% exact duplicates), then runs the filter once per worker count, each in a fresh subprocess
-so its peak RSS is its own. Prints samples/s, wall time, peak memory and the funnel's kept count.
+so its peak RSS is its own. Prints samples/s, wall time, peak memory and the funnel's kept count, and
+the CPU seconds of the filter process and of its check workers: on a shared machine samples/s depends on
+the other load, CPU seconds much less (`--check math` and `--check numeric` side by side compare the
+checks' own cost).
 """
 
 from __future__ import annotations
@@ -60,7 +63,10 @@ def run_one(src: Path, out: Path, workers: int, check: str) -> dict:
         "from seqdistill.stages import filter as f\n"
         f"cfg = FilterConfig(input={str(src)!r}, output={str(out)!r}, check={check!r}, workers={workers})\n"
         "t = time.perf_counter(); r = f.run(cfg); w = time.perf_counter() - t\n"
-        "print(json.dumps({'seconds': w, 'total': r['total'], 'kept': r['kept']}))\n"
+        "import resource\n"
+        "me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+        "cpu = {'parent_cpu': me.ru_utime + me.ru_stime, 'workers_cpu': kids.ru_utime + kids.ru_stime}\n"
+        "print(json.dumps({'seconds': w, 'total': r['total'], 'kept': r['kept'], **cpu}))\n"
     )
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     env = {**os.environ, "SEQDISTILL_NO_PROGRESS": "1", "PYTHONPATH": str(REPO)}
@@ -87,12 +93,13 @@ def main() -> None:
             f"# filter throughput: {args.samples} synthetic samples ({time.perf_counter() - t:.1f} s to build), "
             f"check={args.check}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}"
         )
-        print("| workers | samples/s | wall s | peak RSS MB (largest process so far) | kept |")
-        print("|---:|---:|---:|---:|---:|")
+        print("| workers | samples/s | wall s | filter CPU s | workers CPU s | peak RSS MB (largest so far) | kept |")
+        print("|---:|---:|---:|---:|---:|---:|---:|")
         for w in args.workers:
             r = run_one(src, Path(tmp) / f"kept-{w}.jsonl", w, args.check)
             rate = r["total"] / r["seconds"]
-            print(f"| {w} | {rate:.0f} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} | {r['kept']} |")
+            cpu = f"{r['parent_cpu']:.1f} | {r['workers_cpu']:.1f}"
+            print(f"| {w} | {rate:.0f} | {r['seconds']:.1f} | {cpu} | {r['peak_rss_mb']:.0f} | {r['kept']} |")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from seqdistill import __version__
+from seqdistill.checks.answers.registry import check_names_text
 from seqdistill.config import load_pipeline, load_stage
 from seqdistill.errors import SeqdistillError
 
@@ -46,7 +47,7 @@ ConfigOpt = Annotated[
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="Override a config key: --set sampling.temperature=0.6")
 ]
-CheckOpt = Annotated[str | None, typer.Option(help="Answer check: math | numeric | choice | exact | none.")]
+CheckOpt = Annotated[str | None, typer.Option(help=f"Answer check: {check_names_text()} (docs/checks.md).")]
 
 
 def _setup_logging() -> None:

@@ -15,11 +15,19 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from seqdistill.checks.answers.registry import NONE, check_names_text, get_spec
 from seqdistill.errors import ConfigError
 
 
 class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _known_check(name: str) -> str:
+    """`check` must name a registry entry or "none" (a ConfigError lists them)."""
+    if name != NONE:
+        get_spec(name)
+    return name
 
 
 class PromptsConfig(_Config):
@@ -134,7 +142,7 @@ class GenerateConfig(_Config):
 class FilterConfig(_Config):
     input: str | None = Field(None, description="Samples file to filter.")
     output: str | None = Field(None, description="Kept samples (default: <input stem>.kept.jsonl).")
-    check: str = Field("math", description="Answer check: math | numeric | choice | exact | regex | code | none.")
+    check: str = Field("math", description=f"Answer check: {check_names_text()} (see docs/checks.md).")
     check_pattern: str | None = Field(None, description="check regex: the pattern whose first group is the answer.")
     check_timeout: float = Field(5.0, gt=0, description="Seconds one answer check may take (then: unverifiable).")
     unsafe_code_check: bool = Field(
@@ -179,6 +187,29 @@ class FilterConfig(_Config):
         "first", description="Which K samples a prompt keeps: first in the file, shortest, or random (seeded)."
     )
     seed: int = Field(0, description="Seed of the random selection.")
+    min_pass_rate: float | None = Field(
+        None, ge=0, le=1, description="Keep only prompts the teacher solves at least this often (correct / samples)."
+    )
+    max_pass_rate: float | None = Field(
+        None, ge=0, le=1, description="Keep only prompts the teacher solves at most this often (0.9: drop easy ones)."
+    )
+
+    _check_known = field_validator("check")(_known_check)
+
+    @model_validator(mode="after")
+    def _check_vote_and_band(self) -> FilterConfig:
+        if self.vote and self.check != NONE and not get_spec(self.check).votable:
+            raise ConfigError(
+                f"vote: the {self.check} check has no answers to vote on (it grades each sample by tests): "
+                "give the prompts references, or set vote: false"
+            )
+        if self.min_pass_rate is None and self.max_pass_rate is None:
+            return self
+        if self.check == NONE:
+            raise ConfigError("min_pass_rate / max_pass_rate need an answer check (pass rates count correct answers)")
+        if (self.min_pass_rate or 0) > (1 if self.max_pass_rate is None else self.max_pass_rate):
+            raise ConfigError(f"min_pass_rate {self.min_pass_rate} is above max_pass_rate {self.max_pass_rate}")
+        return self
 
     def output_path(self) -> Path:
         if self.output:
@@ -273,9 +304,17 @@ class EvalConfig(GenerateConfig):
     output: str = Field("eval.jsonl", description="Per-sample eval results (resumable).")
     n: int = Field(1, ge=1, description="Samples per prompt; pass@1 is averaged over them.")
     check: str = Field("math", description="Answer check, as in filter.")
+    check_pattern: str | None = Field(None, description="check regex: the pattern whose first group is the answer.")
+    check_timeout: float = Field(5.0, gt=0, description="Seconds one answer check may take (then: unverifiable).")
+    workers: int = Field(0, ge=0, description="Processes for answer checks (0: in this process).")
+    unsafe_code_check: bool = Field(
+        False, description="check code: run teacher code without a sandbox where none is available."
+    )
     allow_mixed_output: bool = Field(True, description="Eval files hold results of several models (scored by id).")
     prompt: Literal["student", "teacher"] = Field("student", description="Which prompt rendering to send.")
     sampling: EvalSamplingConfig = Field(default_factory=EvalSamplingConfig)
+
+    _check_known = field_validator("check")(_known_check)
 
 
 class PipelineConfig(_Config):
@@ -536,7 +575,8 @@ def reference_markdown() -> str:
         "| key | default | meaning |",
         "|---|---|---|",
     ]
-    lines += [_row(name, EvalConfig.model_fields[name]) for name in ("check", "prompt", "allow_mixed_output")]
+    keys = ("check", "check_pattern", "check_timeout", "workers", "unsafe_code_check", "prompt", "allow_mixed_output")
+    lines += [_row(name, EvalConfig.model_fields[name]) for name in keys]
     return "\n".join(lines[1:]) + "\n"
 
 

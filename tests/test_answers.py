@@ -1,19 +1,29 @@
-"""Tests for seqdistill.checks.answers: one table per checker, plus the check() wrapper."""
+"""Tests for seqdistill.checks.answers: one table per checker, the registry, and the one scoring path."""
 
+import re
 import threading
+from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from seqdistill.checks.answers import (
-    CHECKERS,
+    CHECK_NAMES,
+    REGISTRY,
+    Answer,
     Verdict,
     check,
-    get_checker,
+    extract,
+    get_check,
     last_boxed,
-    make_regex_checker,
-    run_check,
+    majority,
+    score,
 )
+from seqdistill.checks.answers import registry as registry_module
+from seqdistill.config import EvalConfig, FilterConfig
 from seqdistill.errors import ConfigError
+
+PLAIN = sorted(n for n in REGISTRY if n not in ("regex", "code"))  # checkers without options or subprocesses
 
 # (completion, reference, expected correct, expected answer or None to skip the answer assertion)
 MATH_CASES = [
@@ -128,23 +138,59 @@ def test_reason_texts():
     assert check("numeric", "none", "42").reason == "no number in completion"
 
 
-@pytest.mark.parametrize("name", sorted(CHECKERS))
+@pytest.mark.parametrize("name", PLAIN)
 @pytest.mark.parametrize("reference", [None, "", "   \n"])
 def test_missing_reference_is_unverifiable(name, reference):
     assert check(name, "The answer is \\boxed{42}", reference) == Verdict(None, "no reference answer", None)
 
 
-def test_checker_keys():
-    assert set(CHECKERS) == {"math", "numeric", "choice", "exact"}
-    for name, fn in CHECKERS.items():
-        assert get_checker(name) is fn
+def test_registry_names_and_entries():
+    assert list(REGISTRY) == ["exact", "math", "numeric", "choice", "regex", "code"]
+    assert CHECK_NAMES == (*REGISTRY, "none")
+    for name, spec in REGISTRY.items():
+        assert spec.name == name
+        assert spec.description and "\n" not in spec.description
+        assert spec.options.model_config.get("extra") == "forbid"  # a misspelt option is an error
+        assert issubclass(spec.options, BaseModel)
+
+
+@pytest.mark.parametrize("name", [n for n in REGISTRY if n != "code"])  # code: tests/test_check_code.py
+def test_registry_examples_hold(name):
+    example = REGISTRY[name].example
+    assert check(name, example.completion, example.reference, **example.options).label == example.label
 
 
 @pytest.mark.parametrize("name", ["none", "Regex", "", "MATH"])
 def test_unknown_checker_raises_config_error(name):
     with pytest.raises(ConfigError) as info:
-        get_checker(name)
+        get_check(name)
     assert str(info.value) == f"unknown check {name!r}; choose one of: exact, math, numeric, choice, regex, code, none"
+
+
+@pytest.mark.parametrize("config", [FilterConfig, EvalConfig])
+def test_configs_check_the_name_against_the_registry(config):
+    assert config(check="regex").check == "regex"
+    with pytest.raises(ConfigError, match=re.escape("unknown check 'maths'; choose one of: exact, math, numeric")):
+        config(check="maths")
+
+
+def test_cli_help_and_config_reference_list_every_check():
+    from typer.testing import CliRunner
+
+    from seqdistill.cli import app
+    from seqdistill.config import reference_markdown
+
+    for command in ("filter", "eval"):
+        text = " ".join(CliRunner().invoke(app, [command, "--help"], terminal_width=300).output.split())
+        assert " | ".join(CHECK_NAMES) in text.replace("│ ", "").replace(" │", ""), command
+    assert " / ".join(CHECK_NAMES) in reference_markdown()  # the table writes | as /
+
+
+def test_docs_checks_table_is_current():
+    doc = (Path(__file__).parent.parent / "docs" / "checks.md").read_text(encoding="utf-8")
+    m = re.search(r"<!-- checks:start -->\n(.*?)<!-- checks:end -->", doc, flags=re.S)
+    assert m, "docs/checks.md lacks the checks markers"
+    assert m.group(1) == registry_module.markdown(), "docs/checks.md is stale: run `make docs`"
 
 
 def test_check_with_unknown_name_raises_config_error():
@@ -155,7 +201,7 @@ def test_check_with_unknown_name_raises_config_error():
 GOOD_REFERENCE = {"math": "42", "numeric": "42", "choice": "B", "exact": "42"}
 
 
-@pytest.mark.parametrize("name", sorted(CHECKERS))
+@pytest.mark.parametrize("name", PLAIN)
 @pytest.mark.parametrize("completion", [None, 42, b"42", ["42"], object()])
 def test_garbage_completion_does_not_raise(name, completion):
     verdict = check(name, completion, GOOD_REFERENCE[name])
@@ -165,7 +211,7 @@ def test_garbage_completion_does_not_raise(name, completion):
     assert verdict.answer is None
 
 
-@pytest.mark.parametrize("name", sorted(CHECKERS))
+@pytest.mark.parametrize("name", PLAIN)
 @pytest.mark.parametrize("reference", [42, b"B", ["42"]])
 def test_garbage_reference_does_not_raise(name, reference):
     verdict = check(name, "The answer is B, i.e. 42", reference)
@@ -175,7 +221,9 @@ def test_garbage_reference_does_not_raise(name, reference):
 
 def test_checker_error_reason_format():
     verdict = check("numeric", None, "42")
-    assert verdict.reason == "checker error: TypeError: expected string or bytes-like object, got 'NoneType'"
+    assert verdict.reason == "checker error: TypeError: the completion is NoneType, not text"
+    verdict = check("numeric", "42", ["42"])  # a checker's own exception becomes the reason
+    assert verdict.correct is None and verdict.reason.startswith("checker error: ")
 
 
 def test_math_in_worker_thread():
@@ -238,43 +286,59 @@ def test_regex(pattern, completion, reference, correct, answer):
     assert_verdict(check("regex", completion, reference, pattern=pattern), correct, answer)
 
 
-def test_regex_factory_builds_independent_checkers():
-    digits, words = make_regex_checker(r"(\d+)"), get_checker("regex", pattern=r"([a-z]+)$")
-    assert digits("it is 7", "7").correct is True
-    assert words("it is seven", "seven").correct is True
-    assert digits("it is seven", "7").correct is None
-    assert words.pattern == r"([a-z]+)$"
+def test_regex_checks_are_independent_and_take_the_config_key():
+    digits, words = get_check("regex", pattern=r"(\d+)"), get_check("regex", check_pattern=r"([a-z]+)$")
+    assert score(digits, "it is 7", "7").correct is True
+    assert score(words, "it is seven", "seven").correct is True
+    assert score(digits, "it is seven", "7").correct is None
+    assert words.options.pattern == r"([a-z]+)$"
 
 
 def test_regex_reason_text():
     assert check("regex", "A: 3", "4", pattern=r"A: (\d)").reason == "answer '3' != reference '4'"
-    assert check("regex", "nothing", "4", pattern=r"A: (\d)").reason == "check_pattern does not match the completion"
+    no_match = check("regex", "nothing", "4", pattern=r"A: (\d)").reason
+    assert no_match == "check_pattern finds no answer in the completion"
 
 
 @pytest.mark.parametrize("options", [{}, {"pattern": None}, {"pattern": ""}])
 def test_regex_without_pattern_is_config_error(options):
     with pytest.raises(ConfigError, match="check_pattern"):
-        get_checker("regex", **options)
+        get_check("regex", **options)
     with pytest.raises(ConfigError, match="check_pattern"):
         check("regex", "42", "42", **options)
+
+
+def test_regex_missing_pattern_says_what_it_is():
+    with pytest.raises(ConfigError) as info:
+        get_check("regex")
+    assert str(info.value) == (
+        "check 'regex' needs check_pattern: a regular expression whose first group (or whole match) is the answer"
+    )
 
 
 @pytest.mark.parametrize("pattern", ["(unclosed", "*x", "[a-"])
 def test_regex_bad_pattern_is_config_error(pattern):
     with pytest.raises(ConfigError, match="check_pattern") as info:
-        get_checker("regex", pattern=pattern)
+        get_check("regex", pattern=pattern)
     assert repr(pattern) in str(info.value)
 
 
 def test_regex_unknown_option_is_config_error():
     with pytest.raises(ConfigError, match="flags"):
-        get_checker("regex", pattern="x", flags=1)
+        get_check("regex", pattern="x", flags=1)
 
 
 def test_plain_checkers_reject_options_but_ignore_none_pattern():
-    assert get_checker("math", pattern=None) is CHECKERS["math"]  # a config may always pass check_pattern
+    assert get_check("math", pattern=None).spec is REGISTRY["math"]  # a config may always pass check_pattern
     with pytest.raises(ConfigError, match="pattern"):
-        get_checker("numeric", pattern=r"\d+")
+        get_check("numeric", pattern=r"\d+")
+
+
+def test_code_options():
+    assert get_check("code").options.unsafe is False
+    assert get_check("code", unsafe_code_check=True).options.unsafe is True
+    with pytest.raises(ConfigError, match="unsafe_code_check"):
+        get_check("code", unsafe="very")
 
 
 def test_regex_garbage_completion_does_not_raise():
@@ -282,10 +346,26 @@ def test_regex_garbage_completion_does_not_raise():
     assert verdict.correct is None and verdict.reason.startswith("checker error: TypeError")
 
 
-def test_run_check_matches_check():
-    checker = get_checker("regex", pattern=r"is (\d+)")
-    assert run_check(checker, "it is 5", "5") == check("regex", "it is 5", "5", pattern=r"is (\d+)")
-    assert run_check(checker, "it is 5", None) == Verdict(None, "no reference answer", None)
+def test_score_is_extract_then_compare():
+    math = get_check("math")
+    assert extract(math, r"so \boxed{\frac{6}{8}}") == Answer(r"\frac{6}{8}")
+    answer = extract(math, r"so \boxed{\frac{6}{8}}")
+    assert score(math, r"so \boxed{\frac{6}{8}}", "0.75") == math.spec.compare(answer, "0.75", math.options)
+    assert score(math, "no answer here at all", "0.75") == Verdict(None, "no parseable answer in completion", None)
+    assert score(math, "it is 5", None) == Verdict(None, "no reference answer", None)
+    assert extract(math, None) is None  # an unreadable completion has no answer
+
+
+def test_verdict_label_and_timeout_flag():
+    assert [Verdict(c, "", None).label for c in (True, False, None)] == ["correct", "wrong", "unverifiable"]
+    assert Verdict(None, "timeout after 1s", None, timed_out=True).timed_out
+    assert not Verdict(None, "timeout after 1s", None).timed_out  # the flag, not the text, says so
+
+
+def test_majority_is_the_most_frequent_answer_ties_to_the_smallest():
+    assert majority(["7", "8", "7", None, ""]) == ("7", 2)
+    assert majority(["b", "a", "b", "a"]) == ("a", 2)
+    assert majority([None, ""]) == (None, 0)
 
 
 # ---------------------------------------------------------------------------- awkward cases

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -437,14 +438,15 @@ def test_worker_processes_give_byte_identical_outputs(samples, tmp_path):
 def test_a_hanging_check_times_out_and_counts_as_unverifiable(tmp_path, monkeypatch):
     import time
 
-    from seqdistill.checks import answers
+    from seqdistill.checks.answers import REGISTRY
+    from seqdistill.checks.answers.exact import extract_exact
 
-    def slow(completion, reference):
+    def slow(completion, options):
         if "hang" in completion:
             time.sleep(60)
-        return answers.check_exact(completion, reference)
+        return extract_exact(completion)
 
-    monkeypatch.setitem(answers.CHECKERS, "exact", slow)
+    monkeypatch.setitem(REGISTRY, "exact", dataclasses.replace(REGISTRY["exact"], extract=slow))
     rows = [
         make_sample("p1", 0, "\\boxed{42}", id="ok"),
         make_sample("p2", 0, "hang \\boxed{42}", id="hang"),
@@ -459,4 +461,100 @@ def test_a_hanging_check_times_out_and_counts_as_unverifiable(tmp_path, monkeypa
     assert [r["id"] for r in read_jsonl(tmp_path / "k.jsonl")] == ["ok", "ok2"]
     hung = read_jsonl(tmp_path / "k.rejected.jsonl")[0]
     assert hung["meta"]["rejected"]["rule"] == "unverifiable" and "timeout" in hung["meta"]["rejected"]["reason"]
-    assert report["answer_check"] == {"name": "exact", "correct": 2, "unverifiable": 1}
+    assert report["answer_check"] == {"name": "exact", "correct": 2, "unverifiable": 1, "timed_out": 1}
+
+
+# --- the pass-rate band ---------------------------------------------------------------------------
+
+
+def _graded(pid: str, verdicts: str) -> list[dict]:
+    """One sample per letter: c correct (42), w wrong (41), u unverifiable (no answer)."""
+    text = {"c": "so \\boxed{42}", "w": "so \\boxed{41}", "u": "no idea"}
+    return [make_sample(pid, i, f"draft {i}: {text[v]}", id=f"{pid}-{i}") for i, v in enumerate(verdicts)]
+
+
+def test_pass_rate_band_keeps_only_prompts_the_teacher_sometimes_solves(tmp_path):
+    rows = _graded("always", "cccc") + _graded("often", "ccwc") + _graded("rarely", "cwww") + _graded("never", "wwuw")
+    src = write_jsonl(tmp_path / "s.jsonl", rows)
+    out = tmp_path / "k.jsonl"
+    report = filter_stage.run(
+        FilterConfig(input=str(src), output=str(out), check="math", min_pass_rate=0.25, max_pass_rate=0.8)
+    )
+    kept = read_jsonl(out)
+    assert [r["id"] for r in kept] == ["often-0", "often-1", "often-3", "rarely-0"]
+    assert {r["meta"]["pass_rate"] for r in kept} == {0.75, 0.25}
+    rows_by_rule = {row["rule"]: row for row in report["funnel"]}
+    band = rows_by_rule["pass_rate_band"]
+    assert (band["dropped"], band["kept"]) == (4, 4)  # the 4 correct samples of "always"; "never" kept none
+    rejected = {r["id"]: r["meta"]["rejected"] for r in read_jsonl(tmp_path / "k.rejected.jsonl")}
+    assert rejected["always-0"] == {
+        "rule": "pass_rate_band",
+        "reason": "prompt pass rate 1.00 (4/4 correct) is outside the band [0.25, 0.8]",
+    }
+    order = [row["rule"] for row in report["funnel"]]
+    assert order.index("wrong_answer") < order.index("pass_rate_band")
+
+
+def test_pass_rate_band_is_applied_before_selection(tmp_path):
+    rows = _graded("always", "ccc") + _graded("often", "ccwc")
+    src = write_jsonl(tmp_path / "s.jsonl", rows)
+    out = tmp_path / "k.jsonl"
+    report = filter_stage.run(
+        FilterConfig(input=str(src), output=str(out), check="math", max_pass_rate=0.9, max_per_prompt=1)
+    )
+    assert [r["id"] for r in read_jsonl(out)] == ["often-0"]
+    assert [(row["rule"], row["dropped"]) for row in report["funnel"][-2:]] == [
+        ("pass_rate_band", 3),
+        ("max_per_prompt", 2),
+    ]
+
+
+def test_pass_rate_band_needs_an_answer_check_and_an_ordered_band(tmp_path):
+    with pytest.raises(ConfigError, match="need an answer check"):
+        FilterConfig(input="s.jsonl", check="none", min_pass_rate=0.1)
+    with pytest.raises(ConfigError, match="min_pass_rate 0.9 is above max_pass_rate 0.5"):
+        FilterConfig(input="s.jsonl", min_pass_rate=0.9, max_pass_rate=0.5)
+
+
+def test_cli_pass_rate_band(tmp_path):
+    src = write_jsonl(tmp_path / "s.jsonl", _graded("always", "cc") + _graded("half", "cw"))
+    out = tmp_path / "k.jsonl"
+    result = runner.invoke(app, ["filter", str(src), "--output", str(out), "--set", "max_pass_rate=0.9"])
+    assert result.exit_code == 0, result.output
+    assert "pass_rate_band" in result.output
+    assert [r["id"] for r in read_jsonl(out)] == ["half-0"]
+
+
+# --- voting reads answers through the pool --------------------------------------------------------
+
+
+def test_votes_count_equal_numbers_as_one_answer(tmp_path):
+    texts = ["\\boxed{0.5}", "\\boxed{\\frac{1}{2}}", "\\boxed{1/2}", "\\boxed{3}"]
+    rows = [make_sample("u", i, f"draft {i}: {t}", id=f"u-{i}", reference=None) for i, t in enumerate(texts)]
+    src = write_jsonl(tmp_path / "s.jsonl", rows)
+    out = tmp_path / "k.jsonl"
+    filter_stage.run(FilterConfig(input=str(src), output=str(out), check="math", vote=True, workers=2))
+    kept = read_jsonl(out)
+    assert [r["id"] for r in kept] == ["u-0", "u-1", "u-2"]
+    assert kept[0]["meta"]["vote"] == {"answer": "0.5", "agreement": 0.75}
+
+
+def test_votes_never_run_a_check(tmp_path, monkeypatch):
+    from seqdistill.checks.answers import REGISTRY
+
+    calls, numeric = [], REGISTRY["numeric"]
+
+    def counting_compare(answer, reference, options):
+        calls.append(reference)
+        return numeric.compare(answer, reference, options)
+
+    monkeypatch.setitem(REGISTRY, "numeric", dataclasses.replace(REGISTRY["numeric"], compare=counting_compare))
+    rows = [make_sample("u", i, f"draft {i}: it is {a}", reference=None) for i, a in enumerate("7787")]
+    src = write_jsonl(tmp_path / "s.jsonl", rows)
+    filter_stage.run(FilterConfig(input=str(src), output=str(tmp_path / "k.jsonl"), check="numeric", vote=True))
+    assert calls == ["7"] * 4  # one check per sample, against the voted answer; none to vote
+
+
+def test_vote_with_the_code_check_is_a_config_error():
+    with pytest.raises(ConfigError, match="the code check has no answers to vote on"):
+        FilterConfig(input="s.jsonl", check="code", vote=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from seqdistill.checks.answers import check, get_checker
+from seqdistill.checks.answers import check, get_check
 from seqdistill.errors import ConfigError
 
 TESTS = "assert add(2, 3) == 5\nassert add(-1, 1) == 0"
@@ -395,7 +395,7 @@ def test_honest_programs_still_pass():
         "import pydantic\n" + GOOD
     )
     verdict = check("code", block(program), TESTS)
-    assert verdict == (True, "tests passed", program + "\n")
+    assert verdict[:3] == (True, "tests passed", program + "\n")
 
 
 # ---------------------------------------------------------------------------- no sandbox
@@ -404,7 +404,7 @@ def test_honest_programs_still_pass():
 def test_without_bwrap_the_code_check_refuses_in_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("SEQDISTILL_BWRAP", str(tmp_path / "no-such-bwrap"))
     with pytest.raises(ConfigError) as err:
-        get_checker("code")
+        get_check("code")
     message = str(err.value)
     assert "\n" not in message and "apt-get install bubblewrap" in message and "unsafe_code_check" in message
 
@@ -415,7 +415,7 @@ def test_a_bwrap_that_cannot_make_namespaces_is_refused_too(tmp_path, monkeypatc
     fake.chmod(0o755)
     monkeypatch.setenv("SEQDISTILL_BWRAP", str(fake))
     with pytest.raises(ConfigError, match="No permissions to create new namespace"):
-        get_checker("code")
+        get_check("code")
 
 
 def test_the_filter_refuses_before_writing_anything(tmp_path, monkeypatch):

@@ -31,10 +31,11 @@ import logging
 import re
 import secrets
 import unicodedata
+from collections.abc import Callable
 from functools import partial
 
 from seqdistill.checks import sandbox
-from seqdistill.checks.answers import Checker, Verdict
+from seqdistill.checks.answers.base import Verdict
 from seqdistill.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -110,8 +111,10 @@ def last_code_block(text: str) -> str | None:
     return blocks[-1] if blocks else None
 
 
-def code_checker(unsafe: bool = False) -> Checker:
-    """The checker for ``get_checker("code")``: ``check_code`` in the sandbox, probed once per process.
+def code_checker(unsafe: bool = False) -> Callable[[str, str], Verdict]:
+    """The program runner behind the `code` check: ``check_code`` in the sandbox, probed once per process.
+
+    The `code` check's options (`answers/code.py`) call it up front, before any sample is read.
 
     Without a working sandbox: a ConfigError saying how to install one, unless ``unsafe`` (the config's
     ``unsafe_code_check``), which runs programs in plain subprocesses and logs a warning once per process.
@@ -138,7 +141,7 @@ def check_code(completion: str, reference: str, *, unsafe: bool = False) -> Verd
 
     ``unsafe=True`` runs the program in a plain subprocess instead (``unsafe_code_check``: for hosts with no
     sandbox; the program then sees the host). Raises ``sandbox.SandboxUnavailable`` when there is no sandbox
-    and ``unsafe`` is False (``get_checker("code")`` says so up front, as a ConfigError).
+    and ``unsafe`` is False (the `code` check's options say so up front, as a ConfigError).
     """
     code = last_code_block(completion)
     if code is None:

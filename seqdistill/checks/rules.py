@@ -13,7 +13,7 @@ import re
 from collections import Counter
 from typing import NamedTuple
 
-from seqdistill.checks.answers import Verdict, check, get_checker
+from seqdistill.checks.answers import Verdict, get_check, score
 from seqdistill.records import Sample
 
 
@@ -55,25 +55,26 @@ class Truncated(Rule):
 class AnswerCheck(Rule):
     """Compare the final answer with `reference`; wrong and unverifiable are reported as separate rules.
 
-    The filter stage computes verdicts in batches (a `CheckPool`, in worker processes with a timeout) and
-    hands each to `decide`; calling the rule directly checks one sample inline.
+    The filter stage computes verdicts in batches (`answers.score` in a `CheckPool`: worker processes,
+    a timeout) and hands each to `decide`; calling the rule directly scores one sample inline.
     """
 
     name = "answer"
 
     def __init__(self, checker: str, keep_unverifiable: bool, **options):
-        get_checker(checker, **options)  # fail early on an unknown name or a bad regex
-        self.checker, self.options = checker, options
+        self.check = get_check(checker, **options)  # fail early on an unknown name or bad options
+        self.checker = checker
         self.keep_unverifiable = keep_unverifiable
         self.verdicts: Counter[str] = Counter()
 
     def __call__(self, sample: Sample) -> Drop | None:
-        return self.decide(sample, check(self.checker, sample.text, sample.reference, **self.options))
+        return self.decide(sample, score(self.check, sample.text, sample.reference))
 
     def decide(self, sample: Sample, verdict: Verdict) -> Drop | None:
-        label = {True: "correct", False: "wrong", None: "unverifiable"}[verdict.correct]
-        self.verdicts[label] += 1
-        sample.meta["check"] = {"name": self.checker, "result": label, "answer": verdict.answer}
+        self.verdicts[verdict.label] += 1
+        if verdict.timed_out:
+            self.verdicts["timed_out"] += 1
+        sample.meta["check"] = {"name": self.checker, "result": verdict.label, "answer": verdict.answer}
         if verdict.correct is False:
             return Drop("wrong_answer", verdict.reason)
         if verdict.correct is None and not self.keep_unverifiable:

@@ -1,17 +1,20 @@
 """eval: accuracy of a model on prompts with reference answers, with the filter's answer checkers.
 
 Generation goes through the generate stage (any backend, resumable); scoring reads back exactly the
-samples this config asks for. `accuracy` is pass@1 averaged over the n samples of each prompt;
-`majority_accuracy` scores each prompt by its most frequent answer (self-consistency).
+samples this config asks for and scores them as filter does (`answers.score` in a `CheckPool`: the
+same checks, options, workers and timeouts). `accuracy` is pass@1 averaged over the n samples of each
+prompt; `majority_accuracy` scores each prompt by its most frequent answer (self-consistency).
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from seqdistill.checks.answers import check, get_checker
+from seqdistill.checks.answers import CHECK_NAMES, NONE, Check, get_check, majority, options_from_config, vote_key
+from seqdistill.checks.pool import CheckPool
 from seqdistill.config import EvalConfig
 from seqdistill.errors import ConfigError
 from seqdistill.io import read_samples
@@ -19,9 +22,10 @@ from seqdistill.stages import generate
 
 
 def run(cfg: EvalConfig) -> dict[str, Any]:
-    if cfg.check == "none":
-        raise ConfigError("eval needs an answer check: --check math|numeric|choice|exact")
-    get_checker(cfg.check)
+    if cfg.check == NONE:
+        raise ConfigError(f"eval needs an answer check: --check {'|'.join(n for n in CHECK_NAMES if n != NONE)}")
+    options = options_from_config(cfg.check, cfg)
+    check = get_check(cfg.check, **options)  # bad options stop the run before anything is generated
     use_student = cfg.prompt == "student"
     gen = generate.run(cfg, use_student_prompt=use_student)
     if gen["interrupted"]:
@@ -29,17 +33,25 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     prompts, ids = generate.plan(cfg, use_student_prompt=use_student)
     if not any(p.reference for p in prompts):
         raise ConfigError(f"{cfg.prompts.source}: no reference answers (set prompts.answer_field)")
-    wanted = set(ids.values())
     verdicts: Counter[str] = Counter()
     per_prompt: dict[str, list[tuple[str | None, bool | None]]] = defaultdict(list)
-    for sample in read_samples(Path(cfg.output)):
-        if sample.id in wanted:
-            wanted.discard(sample.id)  # count each requested sample once
-            verdict = check(cfg.check, sample.text, sample.reference)
-            verdicts[{True: "correct", False: "wrong", None: "unverifiable"}[verdict.correct]] += 1
-            per_prompt[sample.prompt_id].append((verdict.answer, verdict.correct))
+    prompt_ids: deque[str] = deque()  # the prompt of each sample handed to the pool, in order
+
+    def requested() -> Iterator[tuple[str, str | None]]:
+        wanted = set(ids.values())
+        for sample in read_samples(Path(cfg.output)):
+            if sample.id in wanted:
+                wanted.discard(sample.id)  # count each requested sample once
+                prompt_ids.append(sample.prompt_id)
+                yield sample.text, sample.reference
+
+    with CheckPool(cfg.check, cfg.workers, cfg.check_timeout, **options) as pool:
+        for verdict in pool.map(requested()):
+            verdicts[verdict.label] += 1
+            per_prompt[prompt_ids.popleft()].append((verdict.answer, verdict.correct))
     scored = sum(verdicts.values())
-    majority = [_majority_correct(answers) for answers in per_prompt.values()]
+    # `code` grades programs by tests: there is no answer to agree on, so no majority either
+    by_majority = [_majority_correct(check, answers) for answers in per_prompt.values()] if check.spec.votable else []
     return {
         "model": cfg.model,
         "prompt": cfg.prompt,
@@ -49,21 +61,20 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         "wrong": verdicts["wrong"],
         "unverifiable": verdicts["unverifiable"],
         "accuracy": verdicts["correct"] / scored if scored else None,
-        "majority_accuracy": sum(majority) / len(majority) if majority else None,
+        "majority_accuracy": sum(by_majority) / len(by_majority) if by_majority else None,
         "output": cfg.output,
     }
 
 
-def _majority_correct(answers: list[tuple[str | None, bool | None]]) -> bool:
-    """Whether the prompt's most frequent answer (ties: the smallest string) was judged correct.
+def _majority_correct(check: Check, answers: list[tuple[str | None, bool | None]]) -> bool:
+    """Whether the prompt's most frequent answer (`answers.majority`, votes as in filter) was judged correct.
 
-    >>> _majority_correct([("7", True), ("8", False), ("7", True)])
+    >>> math = get_check("math")
+    >>> _majority_correct(math, [("7", True), ("8", False), ("7.0", True)])
     True
-    >>> _majority_correct([("8", False), (None, None)])
+    >>> _majority_correct(math, [("8", False), (None, None)])
     False
     """
-    counts = Counter(a for a, _ in answers if a is not None)
-    if not counts:
-        return False
-    top = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
-    return next(bool(c) for a, c in answers if a == top)
+    keys = [vote_key(check, a) if a else None for a, _ in answers]
+    top, _ = majority(keys)
+    return top is not None and next(bool(c) for k, (_, c) in zip(keys, answers, strict=True) if k == top)

@@ -2,10 +2,12 @@
 
 Rules in order: malformed -> decontamination -> near-duplicate prompt -> truncated -> quality (length,
 think, repetition, refusal) -> answer check (wrong / unverifiable) -> exact duplicate -> near-duplicate
-completion -> selection (at most K per prompt, by a policy). Two streaming passes: the first applies the
-per-sample rules, writes rejects at once and sets the survivors aside in a temporary file; the second
-keeps up to K survivors per prompt (first / shortest / random, seeded) and records each prompt's pass
-rate (correct / samples) in `meta.pass_rate`. Memory holds one small entry per survivor (plus the dedup
+completion -> pass-rate band -> selection (at most K per prompt, by a policy). Two streaming passes: the
+first applies the per-sample rules, writes rejects at once and sets the survivors aside in a temporary
+file; the second records each prompt's pass rate (correct / samples) in `meta.pass_rate`, drops the
+prompts whose rate is outside [`min_pass_rate`, `max_pass_rate`], and keeps up to K survivors per prompt
+(first / shortest / random, seeded). Answer checks, and the answer extraction of `vote`, run in one
+`CheckPool` (worker processes, a timeout per check). Memory holds one small entry per survivor (plus the dedup
 indexes), not the samples. Outputs are written atomically; the same input and config give
 byte-identical outputs.
 """
@@ -15,13 +17,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import tempfile
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from seqdistill.checks.answers import extract_answer
+from seqdistill.checks.answers import NONE, majority, options_from_config, vote_key
 from seqdistill.checks.decontam import Decontaminate, load_eval_texts
 from seqdistill.checks.near_dup import NearDuplicateCompletion, NearDuplicatePrompt
 from seqdistill.checks.pool import CheckPool
@@ -36,7 +38,7 @@ from seqdistill.records import Sample
 log = logging.getLogger(__name__)
 FUNNEL_ORDER = [
     "malformed", "contaminated", "near_duplicate_prompt", "truncated", "length", "think", "repetition", "refusal",
-    "wrong_answer", "unverifiable", "duplicate", "near_duplicate", "max_per_prompt",
+    "wrong_answer", "unverifiable", "duplicate", "near_duplicate", "pass_rate_band", "max_per_prompt",
 ]  # fmt: skip
 EXAMPLES_PER_RULE = 3
 BLOCK = 1024  # samples per batch of answer checks
@@ -58,19 +60,13 @@ def build_rules(cfg: FilterConfig) -> list[Rule]:
         rules.append(Repetition(max_ratio=cfg.max_repetition))
     if cfg.drop_refusals:
         rules.append(Refusal(cfg.refusal_phrases))
-    if cfg.check != "none":
-        rules.append(AnswerCheck(cfg.check, cfg.keep_unverifiable, **_check_options(cfg)))
+    if cfg.check != NONE:
+        rules.append(AnswerCheck(cfg.check, cfg.keep_unverifiable, **options_from_config(cfg.check, cfg)))
     if cfg.dedup:
         rules.append(ExactDuplicate())
     if cfg.near_dup_threshold:
         rules.append(NearDuplicateCompletion(cfg.near_dup_threshold))
     return rules
-
-
-def _check_options(cfg: FilterConfig) -> dict[str, Any]:
-    if cfg.check == "code":
-        return {"unsafe": cfg.unsafe_code_check}
-    return {"pattern": cfg.check_pattern} if cfg.check == "regex" else {}
 
 
 def _token_counter(model: str | None):
@@ -122,14 +118,17 @@ def run(cfg: FilterConfig) -> dict[str, Any]:
         tempfile.TemporaryFile("w+", encoding="utf-8", dir=output.parent) as survivors,
     ):
         total, candidates, pass_counts = _first_pass(cfg, rules, funnel, rejected, survivors)
-        selected = _select(cfg, candidates)
+        band = _PassRateBand(cfg, pass_counts)
+        selected = _select(cfg, [c for c in candidates if band.keeps(c[0])])
         survivors.seek(0)
         for line in survivors:
             sample = Sample.model_validate_json(line)
-            if cfg.check != "none":
+            if cfg.check != NONE:
                 correct, seen = pass_counts[sample.prompt_id]
                 sample.meta["pass_rate"] = round(correct / seen, 4)
-            if sample.id in selected:
+            if not band.keeps(sample.prompt_id):
+                funnel.reject(sample, Drop("pass_rate_band", band.reason(sample.prompt_id)), rejected)
+            elif sample.id in selected:
                 kept.write(sample.to_json())
             else:
                 reason = f"prompt already has {cfg.max_per_prompt} kept samples (selection: {cfg.selection})"
@@ -150,13 +149,12 @@ def _first_pass(cfg, rules, funnel, rejected, survivors):
     pass_counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])  # prompt_id -> [correct, samples]
     cut = next((i for i, r in enumerate(rules) if isinstance(r, AnswerCheck)), len(rules))
     before, answer, after = rules[:cut], (rules[cut] if cut < len(rules) else None), rules[cut + 1 :]
-    votes = _votes(cfg) if cfg.vote and answer is not None else {}
+    options = options_from_config(cfg.check, cfg)
     with (
-        (
-            CheckPool(cfg.check, cfg.workers, cfg.check_timeout, **_check_options(cfg)) if answer else nullcontext()
-        ) as pool,
+        CheckPool(cfg.check, cfg.workers, cfg.check_timeout, **options) if answer else nullcontext() as pool,
         progress_bar(None, "filter") as bar,
     ):
+        votes = _votes(cfg, pool) if cfg.vote and answer is not None else {}
         for block in _blocks(read_samples(cfg.input), BLOCK):
             total += len(block)
             drops: list[Drop | None] = [_first_drop(before, s) for s in block]
@@ -192,26 +190,29 @@ def _blocks(items: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
         yield block
 
 
-def _votes(cfg: FilterConfig) -> dict[str, tuple[str | None, float]]:
+def _votes(cfg: FilterConfig, pool: CheckPool) -> dict[str, tuple[str | None, float]]:
     """Self-consistency: for each prompt without a reference, its majority answer and agreement rate.
 
-    A streaming pass over the input; answers are compared as the checker extracts them (normalised text).
+    A streaming pass over the input; the pool extracts each answer (no check runs), and answers count as
+    one vote when the checker says so (`answers.vote_key`: for math, 0.5 and \\frac{1}{2} agree).
     """
-    answers: dict[str, Counter[str]] = defaultdict(Counter)
-    seen: Counter[str] = Counter()
-    for sample in read_samples(cfg.input):
-        if sample.reference or not sample.completion or sample.finish_reason == "length":
-            continue
-        seen[sample.prompt_id] += 1
-        answer = extract_answer(cfg.check, sample.text, **_check_options(cfg))
-        if answer:
-            answers[sample.prompt_id][answer] += 1
+    prompt_ids: deque[str] = deque()  # the prompt of each completion handed to the pool, in order
+
+    def unlabelled() -> Iterator[str]:
+        for sample in read_samples(cfg.input):
+            if sample.reference or not sample.completion or sample.finish_reason == "length":
+                continue
+            prompt_ids.append(sample.prompt_id)
+            yield sample.text
+
+    keys: dict[str, list[str | None]] = defaultdict(list)
+    for answer in pool.extract(unlabelled()):
+        keys[prompt_ids.popleft()].append(vote_key(pool.checker, answer.text) if answer else None)
     out: dict[str, tuple[str | None, float]] = {}
-    for pid, n in seen.items():
-        top = sorted(answers[pid].items(), key=lambda kv: (-kv[1], kv[0]))[:1]  # ties: the smaller string
-        answer, count = top[0] if top else (None, 0)
-        agreement = count / n
-        out[pid] = (answer if agreement >= cfg.min_agreement else None, round(agreement, 4))
+    for pid, answers in keys.items():
+        top, count = majority(answers)
+        agreement = count / len(answers)
+        out[pid] = (top if agreement >= cfg.min_agreement else None, round(agreement, 4))
     return out
 
 
@@ -222,6 +223,29 @@ def _apply_vote(sample: Sample, votes: dict[str, tuple[str | None, float]]) -> N
     answer, agreement = votes[sample.prompt_id]
     sample.meta["vote"] = {"answer": answer, "agreement": agreement}
     sample.reference = answer  # None when too few samples agree: the sample is unverifiable
+
+
+class _PassRateBand:
+    """Keeps the prompts whose teacher pass rate (correct / samples) lies in [min_pass_rate, max_pass_rate]."""
+
+    def __init__(self, cfg: FilterConfig, pass_counts: dict[str, list[int]]):
+        self.active = cfg.min_pass_rate is not None or cfg.max_pass_rate is not None
+        self.low = cfg.min_pass_rate if cfg.min_pass_rate is not None else 0.0
+        self.high = cfg.max_pass_rate if cfg.max_pass_rate is not None else 1.0
+        self.pass_counts = pass_counts
+
+    def keeps(self, prompt_id: str) -> bool:
+        if not self.active:
+            return True
+        correct, seen = self.pass_counts[prompt_id]
+        return self.low <= correct / seen <= self.high
+
+    def reason(self, prompt_id: str) -> str:
+        correct, seen = self.pass_counts[prompt_id]
+        return (
+            f"prompt pass rate {correct / seen:.2f} ({correct}/{seen} correct) is outside the band "
+            f"[{self.low:g}, {self.high:g}]"
+        )
 
 
 def _select(cfg: FilterConfig, candidates: list[tuple[str, str, int, int]]) -> set[str]:
@@ -252,6 +276,8 @@ def _report(cfg: FilterConfig, total: int, kept: int, funnel: _Funnel, rules: li
     rows = []
     remaining = total
     active = {r.name for r in rules} | ({"max_per_prompt"} if cfg.max_per_prompt else set())
+    if cfg.min_pass_rate is not None or cfg.max_pass_rate is not None:
+        active.add("pass_rate_band")
     if "answer" in active:
         active |= {"wrong_answer", "unverifiable"}
     for name in FUNNEL_ORDER:
@@ -274,6 +300,6 @@ def _report(cfg: FilterConfig, total: int, kept: int, funnel: _Funnel, rules: li
         "total": total,
         "kept": kept,
         "funnel": rows,
-        "answer_check": {"name": cfg.check, **dict(answer.verdicts)} if answer else {"name": "none"},
+        "answer_check": {"name": cfg.check, **dict(answer.verdicts)} if answer else {"name": NONE},
         "decontamination": next((dict(r.hits) for r in rules if isinstance(r, Decontaminate)), {}),
     }
