@@ -94,9 +94,10 @@ class OpenAIScoreBackend(OpenAIBackend, ScoreBackend):
             return await server.transport.chat(self._body(req), endpoint="completions")
         except StatusError as e:
             if e.code in (400, 422):
-                self._refuse_cap(e.detail)
+                detail = e.detail.replace(self._key, "***")  # some servers echo the key they got
+                self._refuse_cap(detail)
                 if self._probing:  # e.g. a strict server refusing an unknown field: try the other API
-                    raise _Unsupported(f"{e.code} {e.detail}") from None
+                    raise _Unsupported(f"{e.code} {detail}") from None
             raise self._status_error(e, server) from None
         except TransportError as e:
             if e.kind == "connection":
