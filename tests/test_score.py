@@ -208,10 +208,13 @@ def test_k_above_the_servers_cap_is_one_clear_line(tiny_model, tmp_path):
     assert "--max-logprobs 25" in line
 
 
-def test_server_errors_are_retried_like_generate(tiny_model, tmp_path):
+@pytest.mark.parametrize("client", ["aiohttp", "openai"])
+def test_server_errors_are_retried_like_generate(tiny_model, tmp_path, client):
+    """generate's retry machinery, through either transport (the lean one, or the official SDK's completions)."""
     inp, out = _samples(tmp_path / "in.jsonl", 3), tmp_path / "scored.jsonl"
     with FakeOpenAIServer(models=["teacher"], scorer=tiny_model, completions_fail_first=2) as server:
-        fast = ("--set", "backoff_base=0.05", "--set", "backoff_max=0.1", "--concurrency", "1")
+        fast = ("--set", "backoff_base=0.05", "--set", "backoff_max=0.1", "--concurrency", "1",
+                "--set", f"http_client={client}")  # fmt: skip
         assert_exit(_score(inp, out, *_server_args(server, tiny_model), *fast), 0)
         statuses = [r["status"] for r in server.completions_requests()]
     assert statuses == [500, 500, 200, 200, 200]
