@@ -222,6 +222,22 @@ def test_server_errors_are_retried_like_generate(tiny_model, tmp_path, client):
     assert json.loads((tmp_path / "scored.manifest.json").read_text())["retries"] == {"http_500": 2}
 
 
+def test_failed_requests_are_logged_and_retried_by_the_next_run(tiny_model, tmp_path):
+    inp, out = _samples(tmp_path / "in.jsonl", 3), tmp_path / "scored.jsonl"
+    with FakeOpenAIServer(models=["teacher"], scorer=tiny_model, completions_fail_first=100) as server:
+        failing = runner.invoke(app, ["score", str(inp), "--output", str(out), *_server_args(server, tiny_model),
+                                      "--set", "max_retries=0"])  # fmt: skip
+        assert_exit(failing, 1)
+        errors = [line for line in failing.stderr.splitlines() if line.startswith("error: ")]  # after the warnings
+        assert len(errors) == 1 and "3 samples failed (http_500: 3)" in errors[0], failing.stderr
+        logged = read_jsonl(tmp_path / "scored.failures.jsonl")
+        assert sorted(r["prompt_id"] for r in logged) == ["p0", "p1", "p2"]
+        assert {r["error"] for r in logged} == {"http_500"}
+        server.completions_fail_first = 0
+        assert_exit(_score(inp, out, *_server_args(server, tiny_model)), 0)
+    assert sorted(s.prompt_id for s in read_samples(out)) == ["p0", "p1", "p2"]
+
+
 def test_a_served_model_name_without_a_local_tokenizer_is_one_line(tmp_path):
     inp = _samples(tmp_path / "in.jsonl", 1)
     with FakeOpenAIServer(models=["teacher"]) as server:
