@@ -157,6 +157,34 @@ def generate_cmd(
         err.print(f"stopped at the {budget} budget; run again (with a larger budget) to continue")
 
 
+@app.command("score")
+@command
+def score_cmd(
+    input: Annotated[str | None, typer.Argument(help="Samples file whose completions the teacher scores.")] = None,
+    output: Annotated[str | None, typer.Option(help="Scored samples file (appended to; resumed from).")] = None,
+    backend: Annotated[str | None, typer.Option(help="openai (a vLLM server) | transformers | vllm | auto.")] = None,
+    model: Annotated[str | None, typer.Option(help="Teacher model (served name, HF dir, bundled:smollm2).")] = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible server (vLLM), e.g. :8000/v1.")] = None,
+    logprobs: Annotated[int | None, typer.Option(help="Top-k per token (0: the token's own logprob only).")] = None,
+    teacher_tokenizer: Annotated[str | None, typer.Option(help="Teacher tokenizer (default: the model).")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Requests in flight (openai backend).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """The teacher's logprob (and top-k) of every completion token, into meta.logprobs; re-running resumes."""
+    from seqdistill.stages import score
+
+    flags = {
+        "input": input, "output": output, "backend": backend, "model": model, "base_url": base_url,
+        "logprobs": logprobs, "teacher_tokenizer": teacher_tokenizer, "concurrency": concurrency,
+    }  # fmt: skip
+    summary = score.run(load_stage("score", config, flags, set_))
+    _show("score", summary.as_dict())
+    if summary.interrupted:
+        err.print(f"stopped: {summary.scored} new scored samples kept; run the same command to resume")
+        raise typer.Exit(130)
+
+
 @app.command("filter")
 @command
 def filter_cmd(

@@ -317,6 +317,48 @@ class EvalConfig(GenerateConfig):
     _check_known = field_validator("check")(_known_check)
 
 
+class ScoreConfig(GenerateConfig):
+    """`seqdistill score`: the teacher's logprob of every completion token of the input samples.
+
+    How to reach and run the teacher (backend, model, base_url, concurrency, retries, batch_size, dtype,
+    engine_args, ...) are generate's keys; what only generation uses is refused when set.
+    """
+
+    input: str | None = Field(None, description="Samples file whose completions the teacher scores.")
+    output: str = Field("scored.jsonl", description="Scored samples file; appended to, and resumed from.")
+    logprobs: int = Field(
+        5,
+        ge=0,
+        description="Top-k per position recorded beside each token's own logprob (0: its own only); "
+        "a server caps it (vLLM: --max-logprobs, 20 by default).",
+    )
+    teacher_tokenizer: str | None = Field(
+        None,
+        description="The teacher's tokenizer (local dir, hub id, bundled name): it turns prompt and completion "
+        "into the token ids sent; default: the model.",
+    )
+    logprobs_api: Literal["auto", "prompt_logprobs", "echo"] = Field(
+        "auto",
+        description="openai backend: vLLM's prompt_logprobs, or echo with logprobs; auto tries them in that order.",
+    )
+    reasoning: Literal["think", "drop"] = Field(
+        "think", description="Score reasoning_content as <think>…</think> before the answer (as train renders it)."
+    )
+    batch_size: int = Field(8, ge=1, description="Sequences per forward pass (transformers), 8× that per vLLM call.")
+
+    @model_validator(mode="after")
+    def _refuse_generation_keys(self) -> ScoreConfig:
+        unused = {"n", "sampling", "split_think", "max_output_tokens", "max_cost", "pilot_prompts"}
+        unused &= self.model_fields_set
+        unused |= {f"prompts.{k}" for k in ("source", "teacher_template") if k in self.prompts.model_fields_set}
+        if unused:
+            raise ValueError(
+                f"score does not use {', '.join(sorted(unused))}: it scores the input's completions under the "
+                "teacher's prompt (meta.teacher_prompt, or prompts.teacher_system_prompt / prompts.teacher_examples)"
+            )
+        return self
+
+
 class PipelineConfig(_Config):
     """A recipe: generate -> filter -> train, with held-out eval of teacher and student before/after."""
 
@@ -325,6 +367,9 @@ class PipelineConfig(_Config):
     filter: FilterConfig = Field(default_factory=FilterConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig | None = Field(None, description="Held-out eval (prompts with references).")
+    score: ScoreConfig | None = Field(
+        None, description="Teacher scoring of the samples (`seqdistill score`; `seqdistill run` does not run it)."
+    )
     reference_baseline: bool = Field(
         False,
         description="Also train the student on the bare reference answers of the same prompts (same settings) "
@@ -345,12 +390,20 @@ class PipelineConfig(_Config):
             cfg.train.output = str(d / "student")
         if cfg.eval is not None and "output" not in self.eval.model_fields_set:
             cfg.eval.output = str(d / "eval.jsonl")
+        if cfg.score is not None:  # score the generated samples, with generate's teacher unless set
+            explicit = self.score.model_fields_set
+            cfg.score.input = cfg.score.input or cfg.generate.output
+            if "output" not in explicit:
+                cfg.score.output = str(d / "scored.jsonl")
+            for key in ("backend", "model", "base_url", "api_key_env", "dtype"):
+                if key not in explicit:
+                    setattr(cfg.score, key, getattr(cfg.generate, key))
         return cfg
 
 
-SECTIONS = ("generate", "filter", "train", "eval")
+SECTIONS = ("generate", "filter", "train", "eval", "score")
 _STAGE_CLASSES: dict[str, type[_Config]] = {
-    "generate": GenerateConfig, "filter": FilterConfig, "train": TrainConfig, "eval": EvalConfig,
+    "generate": GenerateConfig, "filter": FilterConfig, "train": TrainConfig, "eval": EvalConfig, "score": ScoreConfig,
 }  # fmt: skip
 
 
@@ -415,7 +468,8 @@ def _validate(cls: type[_Config], data: dict[str, Any], origin: str, sources: di
         where = _source(sources or {}, parts, origin)
         if err["type"] == "extra_forbidden":
             raise ConfigError(f"{where}: unknown config key '{loc}'{_key_hint(cls, parts)}") from None
-        raise ConfigError(f"{where}: {loc}: {err['msg']}") from None
+        message = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{where}: {loc}: {message}" if loc else f"{where}: {message}") from None
 
 
 def _source(sources: dict[str, str], parts: list[str], origin: str) -> str:
@@ -577,6 +631,16 @@ def reference_markdown() -> str:
     ]
     keys = ("check", "check_pattern", "check_timeout", "workers", "unsafe_code_check", "prompt", "allow_mixed_output")
     lines += [_row(name, EvalConfig.model_fields[name]) for name in keys]
+    own = [name for name in ScoreConfig.model_fields if name not in GenerateConfig.model_fields or name == "output"]
+    lines += [
+        "",
+        "**score**: the generate keys that reach and run the teacher (`backend`, `model`, `base_url`, "
+        "`concurrency`, retries, `batch_size`, `dtype`, ...; not `n`, `sampling` or budgets in tokens), and:",
+        "",
+        "| key | default | meaning |",
+        "|---|---|---|",
+        *[_row(name, ScoreConfig.model_fields[name]) for name in (*own, "logprobs")],
+    ]
     return "\n".join(lines[1:]) + "\n"
 
 

@@ -1,19 +1,21 @@
 """Soft-target (logit) distillation: Hinton's loss on the teacher's top-k logprobs, and its guards.
 
-`generate` can capture the teacher's top-k token logprobs per sample (`meta.logprobs`, compact form
-`{"tokens": [...], "logprobs": [...], "top": [[[token, logprob], ...], ...]}`). When teacher and student
-share a tokenizer, `kd_loss` trains on them:
+`generate --set logprobs=K` captures the teacher's top-k token logprobs of its own samples, and
+`seqdistill score` those of any completion, into `meta.logprobs` (`records.Logprobs`: tokens, their
+logprobs, the top-k per position, and the token ids when known). When teacher and student share a
+tokenizer, `kd_loss` trains on them:
 
     loss = alpha · T² · KL(teacher_T ‖ student_T) + (1 − alpha) · CE(student, sampled tokens)
 
 Only the teacher's top-k support is known, so both distributions are renormalised on it (see `kd_loss`).
 Different vocabularies make the token ids meaningless to the student: `require_same_vocabulary` refuses.
 
-The teacher's tokens arrive as text (what OpenAI-compatible servers and vLLM return), so `TokenTable`
+The teacher's top-k tokens arrive as text (what OpenAI-compatible servers and vLLM return), so `TokenTable`
 maps them back to the student's ids, and `teacher_targets` lines the teacher's steps up with the student's
 tokenization of the same completion: position j gets the teacher's top-k at step j for as long as the two
-token sequences agree (the common prefix); past the first disagreement there are no soft targets and the
-student learns from cross-entropy alone. Not covered: re-aligning after a disagreement.
+token sequences agree (the common prefix: by id when the record has ids, else by token text); past the
+first disagreement there are no soft targets and the student learns from cross-entropy alone. Not
+covered: re-aligning after a disagreement.
 """
 
 from __future__ import annotations
@@ -25,11 +27,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from seqdistill.backends.score_base import vocab_texts
 from seqdistill.errors import SeqdistillError
+from seqdistill.records import Logprobs
 
 __all__ = [
     "VocabularyMismatch",
     "TokenTable",
+    "as_logprobs",
     "kd_loss",
     "logprobs_to_tensors",
     "require_same_vocabulary",
@@ -156,28 +161,32 @@ def require_same_vocabulary(
     )
 
 
+def as_logprobs(value: Logprobs | Mapping[str, Any]) -> Logprobs:
+    """A `Logprobs`, from itself or its JSON form (as in `meta.logprobs`); a malformed one raises ValueError."""
+    return value if isinstance(value, Logprobs) else Logprobs.model_validate(value)
+
+
 def logprobs_to_tensors(
-    records_logprobs: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    records_logprobs: Logprobs | Mapping[str, Any] | Sequence[Logprobs | Mapping[str, Any]],
     token_to_id: Callable[[str], int | None],
     k: int,
 ) -> tuple[Tensor, Tensor]:
-    """seqdistill's compact logprobs → (ids [L, K] long, logprobs [L, K] float32).
+    """A sample's teacher logprobs → (ids [L, K] long, logprobs [L, K] float32).
 
-    `records_logprobs` is one sample's compact dict `{"tokens", "logprobs", "top"}` or a list of them
-    (consecutive segments of one completion, concatenated in order). Row i holds the first k entries of
-    `top[i]`; a token that `token_to_id` does not know (None or negative), a repeat of an id already in
-    the row, and missing entries are -1 (logprob 0.0), which `kd_loss` ignores. Without `top` (captured
-    with k = 0) every row is -1.
+    `records_logprobs` is one sample's `Logprobs` (or its JSON form) or a list of them (consecutive
+    segments of one completion, concatenated in order). Row i holds the first k entries of `top[i]`; a
+    token that `token_to_id` does not know (None or negative), a repeat of an id already in the row, and
+    missing entries are -1 (logprob 0.0), which `kd_loss` ignores. Without `top` (captured with k = 0)
+    every row is -1.
     """
     if k < 1:
         raise ValueError(f"k must be ≥ 1, got {k}")
-    segments = [records_logprobs] if isinstance(records_logprobs, Mapping) else list(records_logprobs)
+    one = isinstance(records_logprobs, Logprobs | Mapping)
+    segments = [as_logprobs(seg) for seg in ([records_logprobs] if one else records_logprobs)]
     id_rows: list[list[int]] = []
     lp_rows: list[list[float]] = []
     for seg in segments:
-        tokens = seg.get("tokens") or []
-        top = seg.get("top") or [[] for _ in tokens]
-        for step in top:
+        for step in seg.top or [[] for _ in seg.tokens]:
             ids = [-1] * k
             lps = [0.0] * k
             seen: set[int] = set()
@@ -203,8 +212,7 @@ class TokenTable:
     """
 
     def __init__(self, tokenizer) -> None:
-        vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-        self.text = [tokenizer.convert_tokens_to_string([t]) if t is not None else "" for t in vocab]
+        self.text = vocab_texts(tokenizer)
         ids: dict[str, int] = {}
         ambiguous: set[str] = set()
         for i, t in enumerate(self.text):
@@ -221,29 +229,40 @@ class TokenTable:
 
 
 def teacher_targets(
-    logprobs: Mapping[str, Any] | None, completion_ids: Sequence[int], table: TokenTable, k: int
+    logprobs: Logprobs | Mapping[str, Any] | None, completion_ids: Sequence[int], table: TokenTable, k: int
 ) -> tuple[list[list[int]], list[list[float]]]:
     """The teacher's top-k (ids, logprobs) for the leading completion tokens the teacher's tokens agree on.
 
     `completion_ids` are the student's tokens of the supervised completion (as TRL renders it);
-    `logprobs` is a sample's compact `meta.logprobs`. Row j is for completion token j; there are as many
-    rows as leading tokens where the teacher's sampled token text equals the student's (none without `top`).
+    `logprobs` is a sample's `meta.logprobs`. Row j is for completion token j; there are as many rows as
+    leading tokens where the teacher's token equals the student's: the same id when the record carries
+    ids (teacher and student share a vocabulary, checked before), else the same text. None without `top`.
 
     >>> class Tok:  # a 4-token vocabulary
     ...     def __len__(self): return 4
     ...     def convert_ids_to_tokens(self, ids): return ["a", "b", "c", "<e>"]
     ...     def convert_tokens_to_string(self, toks): return "".join(toks)
-    >>> lp = {"tokens": ["a", "b", "x"], "top": [[["a", -0.25], ["b", -2.5]], [["b", -0.5]], [["x", -0.75]]]}
+    >>> lp = {"tokens": ["a", "b", "x"], "logprobs": [-0.25, -0.5, -0.75],
+    ...       "top": [[["a", -0.25], ["b", -2.5]], [["b", -0.5]], [["x", -0.75]]]}
     >>> teacher_targets(lp, [0, 1, 2, 3], TokenTable(Tok()), 2)
     ([[0, 1], [1, -1]], [[-0.25, -2.5], [-0.5, 0.0]])
     """
-    if not logprobs or not logprobs.get("top"):
+    if logprobs is None:
         return [], []
-    tokens, top = logprobs.get("tokens") or [], logprobs["top"]
+    lp = as_logprobs(logprobs)
+    if not lp.top:
+        return [], []
     agree = 0
-    for tid, tok in zip(completion_ids, tokens, strict=False):
-        if tid >= len(table.text) or table.text[tid] != tok:
-            break
-        agree += 1
-    ids, lps = logprobs_to_tensors({"tokens": tokens[:agree], "top": top[:agree]}, table.to_id, k)
+    if lp.ids is not None:
+        for student, teacher in zip(completion_ids, lp.ids, strict=False):
+            if student != teacher:
+                break
+            agree += 1
+    else:
+        for tid, tok in zip(completion_ids, lp.tokens, strict=False):
+            if tid >= len(table.text) or table.text[tid] != tok:
+                break
+            agree += 1
+    head = Logprobs(tokens=lp.tokens[:agree], logprobs=lp.logprobs[:agree], top=lp.top[:agree])
+    ids, lps = logprobs_to_tensors(head, table.to_id, k)
     return ids.tolist(), lps.tolist()

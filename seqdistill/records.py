@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 
 class Message(BaseModel):
@@ -35,6 +38,112 @@ class Teacher(BaseModel):
     backend: str
 
 
+LOGPROB_FLOOR = -9999.0  # what an impossible token's logprob is written as (JSON has no -inf; vLLM uses the same)
+
+
+class Logprobs(BaseModel):
+    """A completion's per-token log-probabilities under the teacher: the one type of `meta.logprobs`.
+
+    On disk (JSON): `{"tokens": [...], "logprobs": [...], "top": [[[token, logprob], ...], ...], "ids": [...]}`,
+    `top` and `ids` left out when unknown; floats rounded to 4 decimals by `build`. Position i is the
+    teacher's raw (temperature 1) log-probability of token i given everything before it, and its top-k
+    tokens at that position, best first. Tokens are texts as servers report them (' the', not 'Ġthe');
+    `ids` are the teacher tokenizer's ids of the same tokens when known (in-process backends and
+    `seqdistill score`), which lets a consumer with the same vocabulary line them up exactly.
+
+    Producers: generate (openai, transformers, vllm backends) over the teacher's own samples, and
+    `seqdistill score` over any completion. Consumers: kd.py (soft targets), train.
+
+    Limits: top-k entries carry their text only (no ids); a text several ids render to (a partial
+    UTF-8 byte) cannot be mapped back to one id. Which tokens a record covers depends on its producer:
+    generate records the generated content tokens, score the whole rendered completion (see docs/score.md).
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    tokens: list[str] = Field(description="The completion's tokens, as text.")
+    logprobs: list[float] = Field(description="The teacher's log-probability of each token.")
+    top: list[list[tuple[str, float]]] | None = Field(
+        default=None, description="Per position, the teacher's top-k (token, logprob), best first."
+    )
+    ids: list[int] | None = Field(default=None, description="The tokens' ids in the teacher's tokenizer.")
+
+    @model_validator(mode="after")
+    def _same_lengths(self) -> Logprobs:
+        n = len(self.tokens)
+        for name in ("logprobs", "top", "ids"):
+            value = getattr(self, name)
+            if value is not None and len(value) != n:
+                raise ValueError(f"{name} has {len(value)} entries for {n} tokens")
+        return self
+
+    @classmethod
+    def build(
+        cls,
+        tokens: Sequence[str],
+        logprobs: Sequence[float],
+        top: Sequence[Sequence[tuple[str, float]]] | None = None,
+        ids: Sequence[int] | None = None,
+    ) -> Logprobs:
+        """The record from raw producer output: floats rounded to 4 decimals, -inf written as LOGPROB_FLOOR.
+
+        >>> Logprobs.build(["a", "b"], [-0.123456, float("-inf")], [[("a", -0.1)], [("c", -1e-9)]]).to_meta()
+        {'tokens': ['a', 'b'], 'logprobs': [-0.1235, -9999.0], 'top': [[['a', -0.1]], [['c', -0.0]]]}
+        """
+        top_rows = None if top is None else [[(str(t), _round(v)) for t, v in row] for row in top]
+        return cls(
+            tokens=list(tokens),
+            logprobs=[_round(v) for v in logprobs],
+            top=top_rows,
+            ids=None if ids is None else [int(i) for i in ids],
+        )
+
+    def to_meta(self) -> dict[str, Any]:
+        """The JSON form stored in `meta.logprobs` (what the files held before the type existed)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+    @property
+    def k(self) -> int:
+        """The widest top-k row (0 without `top`)."""
+        return max((len(row) for row in self.top or []), default=0)
+
+
+def _round(value: float) -> float:
+    value = float(value)
+    if math.isnan(value):
+        raise ValueError("a logprob is NaN")
+    return round(max(value, LOGPROB_FLOOR), 4)
+
+
+class LogprobsSource(BaseModel):
+    """Who scored a record's `meta.logprobs` (written by `seqdistill score` as `meta.logprobs_source`)."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(description="The scoring teacher, as configured.")
+    backend: str = Field(description="openai | transformers | vllm.")
+    k: int = Field(ge=0, description="Top-k requested per position.")
+    tokenizer: str | None = Field(default=None, description="The tokenizer that made the token ids.")
+    score_id: str | None = Field(default=None, description="Key of the scoring request (resume ledger).")
+
+
+def _check_meta_logprobs(meta: dict[str, Any]) -> dict[str, Any]:
+    """Validate `meta.logprobs` (a Logprobs or its JSON form) and `meta.logprobs_source`; store JSON forms."""
+    for key, cls in (("logprobs", Logprobs), ("logprobs_source", LogprobsSource)):
+        value = meta.get(key)
+        if value is None:
+            continue
+        try:
+            parsed = cls.model_validate(value)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in (key, *first["loc"]))
+            message = f"{where}: {first['msg'].removeprefix('Value error, ')}"
+            # a custom error, so the message is not prefixed with "Value error, " a second time
+            raise PydanticCustomError("meta_logprobs", "{message}", {"message": message}) from None
+        if isinstance(value, BaseModel):  # a typed producer's output: stored as its JSON form
+            meta[key] = parsed.to_meta() if isinstance(parsed, Logprobs) else parsed.model_dump(exclude_none=True)
+    return meta
+
+
 class Sample(BaseModel):
     """One teacher sample: one JSON line in samples/kept/rejected files."""
 
@@ -51,8 +160,25 @@ class Sample(BaseModel):
     sampling: dict[str, Any] = Field(default_factory=dict)
     meta: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("meta")
+    @classmethod
+    def _check_meta(cls, meta: dict[str, Any]) -> dict[str, Any]:
+        return _check_meta_logprobs(meta)
+
     def to_json(self) -> str:
         return self.model_dump_json(exclude_none=False)
+
+    @property
+    def logprobs(self) -> Logprobs | None:
+        """The teacher's per-token logprobs of the completion (`meta.logprobs`), typed; None when absent."""
+        value = self.meta.get("logprobs")
+        return None if value is None else Logprobs.model_validate(value)
+
+    @property
+    def logprobs_source(self) -> LogprobsSource | None:
+        """Who scored `meta.logprobs` (None for logprobs captured while generating)."""
+        value = self.meta.get("logprobs_source")
+        return None if value is None else LogprobsSource.model_validate(value)
 
     @property
     def text(self) -> str:
@@ -75,4 +201,23 @@ def sample_id(model: str, teacher_messages: list[dict], sampling: dict[str, Any]
         sort_keys=True,
         ensure_ascii=False,
     )
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def score_id(
+    sample: str, teacher_messages: list[dict], completion: list[dict], teacher: str, tokenizer: str, k: int
+) -> str:
+    """Stable key of one scoring request: a sample's completion scored by one teacher under one prompt.
+
+    The backend is not part of the key: the same teacher over a server or in-process gives the same scores.
+
+    >>> score_id("s1", [{"role": "user", "content": "hi"}], [{"role": "assistant", "content": "yo"}], "m", "m", 5)[:12]
+    '9d1107e88fc3'
+    """
+    payload = json.dumps(
+        {"sample": sample, "prompt": teacher_messages, "completion": completion, "teacher": teacher,
+         "tokenizer": tokenizer, "k": k},
+        sort_keys=True,
+        ensure_ascii=False,
+    )  # fmt: skip
     return hashlib.sha256(payload.encode()).hexdigest()[:32]

@@ -14,6 +14,15 @@ token), `delay` (seconds before each answer), `fail_first` (the first K chat req
 `garbage_first` (the next K get a 200 HTML page, as from a misconfigured proxy),
 `models` (404 "model not found" for other names), `reasoning_field` ("reasoning_content" or
 "reasoning": send a reasoning trace under that name).
+
+`/v1/completions` (what `seqdistill score` sends) is answered when the server is given `scorer`, a local
+transformers model dir: a token-id `prompt` is run through that REAL model (one unpadded forward, float32,
+raw log-softmax) and answered as vLLM answers: `prompt_logprobs: k` gives `choices[0].prompt_logprobs`
+(None, then per position {token_id: {logprob, rank, decoded_token}} with the actual token and the top k),
+`echo` with `logprobs: k` gives the legacy `logprobs` over the echoed prompt (`token_id:N` keys with
+`return_tokens_as_token_ids`). Switches: `prompt_logprobs` / `echo` (False: the server ignores that field,
+like a server that lacks it), `max_logprobs` (a larger k gets vLLM's 400), `completions_fail_first` (the
+first K completions requests get 500).
 """
 
 from __future__ import annotations
@@ -48,6 +57,11 @@ class FakeOpenAIServer:
         drop_first: int = 0,
         slow_first: int = 0,
         slow_seconds: float = 0.0,
+        scorer: str | None = None,
+        prompt_logprobs: bool = True,
+        echo: bool = True,
+        max_logprobs: int = 20,
+        completions_fail_first: int = 0,
     ):
         self.models = list(models)
         self.api_key = api_key
@@ -64,6 +78,11 @@ class FakeOpenAIServer:
         self.drop_first = drop_first
         self.slow_first = slow_first
         self.slow_seconds = slow_seconds
+        self.scorer, self.prompt_logprobs, self.echo = scorer, prompt_logprobs, echo
+        self.max_logprobs, self.completions_fail_first = max_logprobs, completions_fail_first
+        self._scorer_model: Any = None
+        self._scorer_lock = threading.Lock()
+        self._completions_count = 0
         self._lock = threading.Lock()
         self._log: list[dict[str, Any]] = []
         self._chat_count = 0
@@ -120,6 +139,9 @@ class FakeOpenAIServer:
     def chat_requests(self) -> list[dict[str, Any]]:
         return [r for r in self.requests() if r["method"] == "POST" and r["path"] == "/v1/chat/completions"]
 
+    def completions_requests(self) -> list[dict[str, Any]]:
+        return [r for r in self.requests() if r["method"] == "POST" and r["path"] == "/v1/completions"]
+
     def clear_log(self) -> None:
         with self._lock:
             self._log.clear()
@@ -130,6 +152,9 @@ class FakeOpenAIServer:
             if entry["path"] == "/v1/chat/completions":
                 self._chat_count += 1
                 entry["chat_number"] = self._chat_count
+            if entry["path"] == "/v1/completions":
+                self._completions_count += 1
+                entry["completions_number"] = self._completions_count
         return entry
 
     def _update(self, entry: dict[str, Any], **fields: Any) -> None:
@@ -176,6 +201,76 @@ class FakeOpenAIServer:
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
             },
+        }
+
+    # --- /v1/completions: a real model's prompt logprobs -------------------------------------------------
+
+    def _log_softmax(self, ids: list[int]):
+        """[len(ids), vocab] log-probabilities of the scorer model at each position (row i predicts token i + 1)."""
+        import torch
+        import transformers
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        with self._scorer_lock:  # one forward at a time; the model is loaded on first use
+            if self._scorer_model is None:
+                transformers.utils.logging.disable_progress_bar()  # the test reads the CLI's stderr
+                model = AutoModelForCausalLM.from_pretrained(self.scorer, dtype=torch.float32).eval()
+                self._scorer_model = (model, AutoTokenizer.from_pretrained(self.scorer))
+            model = self._scorer_model[0]
+            with torch.inference_mode():
+                logits = model(torch.tensor([ids])).logits[0].float()
+        return torch.log_softmax(logits, dim=-1)
+
+    def score_completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The /v1/completions answer to a token-id prompt, shaped like vLLM's (see the module doc)."""
+        ids = [int(t) for t in body["prompt"]]
+        rows = self._log_softmax(ids)
+        decode = self._scorer_model[1].decode
+        k = body.get("prompt_logprobs") if self.prompt_logprobs else None
+        echo = bool(body.get("echo")) and self.echo
+        lk = body.get("logprobs")
+        generated = int(rows[-1].argmax())
+        choice: dict[str, Any] = {"index": 0, "text": decode([generated]), "finish_reason": "length"}
+
+        def step(i: int, width: int) -> dict[int, tuple[float, int]]:
+            """Position i: the actual token and the top `width`, token id -> (logprob, rank); actual first."""
+            row, actual = rows[i - 1], ids[i]
+            out = {actual: (float(row[actual]), int((row > row[actual]).sum()) + 1)}
+            values, top = row.topk(width) if width else ([], [])
+            for rank, (v, t) in enumerate(zip(list(values), list(top), strict=True), start=1):
+                out.setdefault(int(t), (float(v), rank))
+            return out
+
+        if k is not None:
+            choice["prompt_logprobs"] = [None] + [
+                {str(t): {"logprob": v, "rank": r, "decoded_token": decode([t])} for t, (v, r) in step(i, k).items()}
+                for i in range(1, len(ids))
+            ]
+        if lk is not None:
+            as_ids = bool(body.get("return_tokens_as_token_ids"))
+            name = (lambda t: f"token_id:{t}") if as_ids else (lambda t: decode([t]))
+            first = 1 if echo else len(ids)  # without echo: the generated token only
+            tokens = [name(t) for t in ids[:first]] if echo else []
+            values: list[float | None] = [None] if echo else []
+            tops: list[dict[str, float] | None] = [None] if echo else []
+            for i in range(first, len(ids)):
+                tokens.append(name(ids[i]))
+                values.append(float(rows[i - 1][ids[i]]))
+                tops.append({name(t): v for t, (v, _) in step(i, lk).items()})
+            last = rows[-1]
+            tokens.append(name(generated))
+            values.append(float(last[generated]))
+            tops.append({name(int(t)): float(v) for v, t in zip(*last.topk(max(lk, 1)), strict=True)})
+            choice["logprobs"] = {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops}
+        else:
+            choice["logprobs"] = None
+        return {
+            "id": f"cmpl-{uuid.uuid4().hex[:24]}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": body.get("model"),
+            "choices": [choice],
+            "usage": {"prompt_tokens": len(ids), "completion_tokens": 1, "total_tokens": len(ids) + 1},
         }
 
 
@@ -286,6 +381,9 @@ class _Handler(BaseHTTPRequestHandler):
             fake._closing.wait(fake.delay)
         if not self._authorized(entry):
             return
+        if self.path == "/v1/completions" and fake.scorer:
+            self._completions(entry, body)
+            return
         if self.path != "/v1/chat/completions":
             self._send(entry, 404, error_body(f"no route {self.path}", "not_found_error", 404))
             return
@@ -316,3 +414,26 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(entry, 404, error_body(message, "NotFoundError", 404))
             return
         self._send(entry, 200, fake.completion(body))
+
+    def _completions(self, entry: dict[str, Any], body: Any) -> None:
+        """/v1/completions with a scorer model: vLLM's validation errors, then `FakeOpenAIServer.score_completion`."""
+        fake = self.fake
+        if entry["completions_number"] <= fake.completions_fail_first:
+            self._send(entry, 500, error_body("simulated server failure", "InternalServerError", 500))
+            return
+        if not isinstance(body, dict) or not isinstance(body.get("prompt"), list) or not body["prompt"]:
+            self._send(entry, 400, error_body("body must be JSON with a token-id 'prompt'", "BadRequestError", 400))
+            return
+        if body.get("model") not in fake.models:
+            message = f"The model `{body.get('model')}` does not exist."
+            self._send(entry, 404, error_body(message, "NotFoundError", 404))
+            return
+        checked = (("prompt", "prompt_logprobs", fake.prompt_logprobs), ("sample", "logprobs", True))
+        for name, key, supported in checked:
+            asked = body.get(key)
+            if supported and asked is not None and int(asked) > fake.max_logprobs:
+                cap = fake.max_logprobs
+                message = f"Requested {name} logprobs of {asked}, which is greater than max allowed: {cap}"
+                self._send(entry, 400, error_body(message, "BadRequestError", 400))
+                return
+        self._send(entry, 200, fake.score_completion(body))

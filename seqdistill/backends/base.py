@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from seqdistill.config import GenerateConfig
+from seqdistill.records import Logprobs
 
 _THINK = re.compile(r"^\s*<think>(.*?)(?:</think>|$)(.*)$", re.DOTALL)
 
@@ -35,7 +36,7 @@ class Result:
     finish_reason: str | None
     reasoning: str | None = None
     usage: dict[str, Any] = field(default_factory=dict)
-    logprobs: dict[str, Any] | None = None  # compact top-k token logprobs, when asked for
+    logprobs: Logprobs | None = None  # the teacher's token logprobs (and top-k), when asked for
 
 
 @dataclass

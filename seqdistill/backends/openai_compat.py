@@ -31,6 +31,7 @@ from seqdistill.backends.base import Backend, Failure, Request, Result, split_th
 from seqdistill.backends.http import FastTransport, SDKTransport, StatusError, TransportError
 from seqdistill.config import api_key
 from seqdistill.errors import BackendError
+from seqdistill.records import Logprobs
 
 log = logging.getLogger(__name__)
 _DONE = object()
@@ -263,7 +264,7 @@ class OpenAIBackend(Backend):
                 sample_usage["request_completion_tokens"] = usage.get("completion_tokens")
         logprobs = _compact_logprobs(choice.get("logprobs")) if self.cfg.logprobs is not None else None
         if logprobs and "completion_tokens" not in sample_usage:
-            sample_usage["completion_tokens"] = len(logprobs["tokens"])
+            sample_usage["completion_tokens"] = len(logprobs.tokens)
         return Result(
             req, sample_index, content, choice.get("finish_reason"), reasoning or None, sample_usage, logprobs
         )
@@ -387,15 +388,18 @@ def _backoff(attempt: int, base: float, cap: float) -> float:
     return random.uniform(0, min(cap, base * 2**attempt))
 
 
-def _compact_logprobs(logprobs: dict[str, Any] | None) -> dict[str, Any] | None:
-    """{"tokens": [...], "logprobs": [...], "top": [[[token, logprob], ...], ...]} with 4-decimal floats."""
+def _compact_logprobs(logprobs: dict[str, Any] | None) -> Logprobs | None:
+    """A chat choice's `logprobs.content` as the one logprobs type (None when the server sent none).
+
+    A malformed one raises TypeError, which `_results` turns into a retried `bad_response`.
+    """
     content = (logprobs or {}).get("content")
     if not content:
         return None
-    out: dict[str, Any] = {
-        "tokens": [t["token"] for t in content],
-        "logprobs": [round(t["logprob"], 4) for t in content],
-    }
-    if any(t.get("top_logprobs") for t in content):
-        out["top"] = [[[c["token"], round(c["logprob"], 4)] for c in (t.get("top_logprobs") or [])] for t in content]
-    return out
+    try:
+        top = None
+        if any(t.get("top_logprobs") for t in content):
+            top = [[(c["token"], c["logprob"]) for c in (t.get("top_logprobs") or [])] for t in content]
+        return Logprobs.build([t["token"] for t in content], [t["logprob"] for t in content], top)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:  # ValueError: pydantic's ValidationError
+        raise TypeError(f"malformed logprobs ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 
 from seqdistill.backends.base import Backend, Request, Result
 from seqdistill.models import load_model
+from seqdistill.records import Logprobs
 
 
 class TransformersBackend(Backend):
@@ -79,21 +80,21 @@ class TransformersBackend(Backend):
             results.append(Result(req, idx, text.strip(), finish, None, usage, logprobs))
         return results
 
-    def _logprobs(self, logits, row: int, ids: list[int]) -> dict | None:
-        """{"tokens", "logprobs", "top"} for one row's generated tokens, from the raw per-step logits."""
+    def _logprobs(self, logits, row: int, ids: list[int]) -> Logprobs | None:
+        """One row's generated tokens with their raw (temperature 1) logprobs and top-k, from the per-step logits."""
         if not ids:
             return None
         torch, k = self._torch, self.cfg.logprobs
         steps = torch.log_softmax(torch.stack([logits[i][row] for i in range(len(ids))]).float(), dim=-1)
         chosen = steps.gather(1, torch.tensor(ids, device=steps.device).unsqueeze(1)).squeeze(1).tolist()
-        out = {"tokens": [self._text(t) for t in ids], "logprobs": [round(v, 4) for v in chosen]}
+        top = None
         if k:
             values, top_ids = steps.topk(k, dim=-1)
-            out["top"] = [
-                [[self._text(t), round(v, 4)] for t, v in zip(tid, val, strict=True)]
+            top = [
+                [(self._text(t), v) for t, v in zip(tid, val, strict=True)]
                 for tid, val in zip(top_ids.tolist(), values.tolist(), strict=True)
             ]
-        return out
+        return Logprobs.build([self._text(t) for t in ids], chosen, top, ids)
 
     def _text(self, token_id: int) -> str:
         """A token as servers report it: its text, not its vocabulary entry (' the', not 'Ġthe')."""

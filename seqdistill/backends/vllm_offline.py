@@ -14,6 +14,7 @@ import vllm  # noqa: F401  (ImportError here becomes "needs pip install 'seqdist
 
 from seqdistill.backends.base import Backend, Request, Result, split_think
 from seqdistill.models import resolve_model
+from seqdistill.records import Logprobs
 
 
 class VLLMBackend(Backend):
@@ -68,18 +69,19 @@ class VLLMBackend(Backend):
                     yield Result(req, idx, text, completion.finish_reason, reasoning, usage, logprobs)
 
 
-def _compact_logprobs(token_ids, steps, k: int) -> dict | None:
-    """vLLM's per-step {token_id: Logprob} dicts -> the same compact form as the openai backend's.
+def _compact_logprobs(token_ids, steps, k: int) -> Logprobs | None:
+    """vLLM's per-step {token_id: Logprob} dicts -> the one logprobs type (with the sampled token ids).
 
     A step holds the top-k tokens and the sampled one (which may rank below k): `top` keeps the top k.
     """
     if not steps:
         return None
-    tokens, logprobs, top = [], [], []
+    tokens, logprobs, top, ids = [], [], [], []
     for token_id, step in zip(token_ids, steps, strict=False):
         chosen = step[token_id]  # the sampled token is always in its step's dict
-        tokens.append(chosen.decoded_token)
-        logprobs.append(round(chosen.logprob, 4))
+        tokens.append(chosen.decoded_token or "")
+        logprobs.append(chosen.logprob)
+        ids.append(token_id)
         ranked = sorted((lp for lp in step.values() if lp.rank is not None and lp.rank <= k), key=lambda lp: lp.rank)
-        top.append([[lp.decoded_token, round(lp.logprob, 4)] for lp in ranked])
-    return {"tokens": tokens, "logprobs": logprobs, "top": top}
+        top.append([(lp.decoded_token or "", lp.logprob) for lp in ranked])
+    return Logprobs.build(tokens, logprobs, top, ids)

