@@ -285,3 +285,54 @@ def test_check_result_repairs_metadata_and_keeps_a_good_answer():
 
 def test_eval_keeps_an_empty_answer_as_the_models_answer():
     assert isinstance(check_result(Result(REQ, 0, "", "stop"), AnswerRules(keep_empty=True)), Result)
+
+
+# --- failures.jsonl is the current state of the output ------------------------------------------------
+
+
+def test_failures_file_lists_only_what_is_still_missing(tmp_path):
+    with FakeOpenAIServer(models=[MODEL]) as server:
+        first = write_jsonl(tmp_path / "a.jsonl", prompt_rows(0, 6))
+        other = write_jsonl(tmp_path / "b.jsonl", prompt_rows(10, 13))
+        out = tmp_path / "s.jsonl"
+        bad = Malformed(_message(content=None))
+        server.malformed = {question_of("q2"): bad, question_of("q4"): bad}
+        assert_exit(cli(server.base_url, first, out, 2, *FAST), 1)
+        rows = _failures(out)
+        assert sorted((f["prompt_id"], f["sample_indices"], f["error"]) for f in rows) == [
+            ("q2", [0, 1], "empty_answer"),
+            ("q4", [0, 1], "empty_answer"),
+        ]
+        assert all(len(f["sample_ids"]) == 2 for f in rows)
+
+        del server.malformed[question_of("q2")]  # q2 heals, q4 still fails: q2's row disappears, q4's is new
+        assert_exit(cli(server.base_url, first, out, 2, *FAST), 1)
+        (row,) = _failures(out)
+        assert row["prompt_id"] == "q4" and row["time"] > max(f["time"] for f in rows)
+
+        # a run of other prompts into the same output leaves q4's row: q4 is still missing from the output
+        assert_exit(cli(server.base_url, other, out, 2, *FAST), 0)
+        assert [f["prompt_id"] for f in _failures(out)] == ["q4"]
+
+        server.malformed = {}
+        assert_exit(cli(server.base_url, first, out, 2, *FAST), 0)
+        assert not out.with_name("s.failures.jsonl").exists()  # no file, no failure
+        assert keys(samples(out)) == Counter({(f"q{i}", j): 1 for i in [*range(6), 10, 11, 12] for j in range(2)})
+
+
+def test_failures_file_keeps_a_failure_this_run_did_not_send_again(tmp_path):
+    """A budget that stops the run before a failed request is sent again leaves its row as it was."""
+    with FakeOpenAIServer(models=[MODEL]) as server:
+        out = tmp_path / "s.jsonl"
+        server.malformed = {question_of("q3"): Malformed(_message(content=None))}
+        assert_exit(cli(server.base_url, write_jsonl(tmp_path / "a.jsonl", prompt_rows(0, 4)), out, 1, *FAST), 1)
+        (before,) = _failures(out)
+        assert before["prompt_id"] == "q3"
+        later = write_jsonl(tmp_path / "b.jsonl", prompt_rows(4, 6) + prompt_rows(0, 4))  # q4, q5 are sent first
+        server.clear_log()
+        assert_exit(cli(server.base_url, later, out, 1, "--max-requests", "2", *FAST), 0)
+        assert sorted(r["body"]["messages"][-1]["content"] for r in server.chat_requests()) == [
+            question_of("q4"),
+            question_of("q5"),
+        ]
+        assert _failures(out) == [before]  # q3 is still missing, for the reason recorded then

@@ -75,6 +75,9 @@ class OpenAIBackend(Backend):
                     continue
                 if item is _DONE:
                     break
+                if isinstance(item, _Handover):  # the stage has processed everything put before it
+                    item.done()
+                    continue
                 if isinstance(item, BaseException):
                     raise item
                 yield item
@@ -112,6 +115,7 @@ class OpenAIBackend(Backend):
                     if tpm:
                         await tpm.take(self._token_estimate(req))
                     await self._attempts(req, servers, stop, results.put)
+                    await _handed_over(results)
                 except Exception as e:  # BackendError: the user's to fix; anything else is a bug: never swallowed
                     fatal.append(e)
 
@@ -149,6 +153,11 @@ class OpenAIBackend(Backend):
         for attempt in range(self.cfg.max_retries + 1):
             server = await _pick(servers)
             await self._limit.acquire()
+            if stop.is_set():  # stopped while this waited for a slot (or backed off): send nothing new
+                self._limit.release()
+                if attempt:
+                    emit(Failure(req, kind, _printable(detail)))
+                return
             server.in_flight += 1
             wait, unreachable, items = None, False, []
             try:
@@ -310,6 +319,39 @@ class OpenAIBackend(Backend):
     def _token_estimate(self, req: Request) -> float:
         prompt_chars = sum(len(m.get("content") or "") for m in req.messages)
         return prompt_chars / 4 + self.cfg.sampling.max_tokens * req.n
+
+
+class _Handover:
+    """A marker a worker queues after a request's answers; the caller's thread resolves it when it reaches it.
+
+    Why: the stage writes each answer and checks its budgets (setting `stop`) before it asks for the
+    next item, so a worker that waits for its marker starts no new request until its answers were
+    written and judged. Without it, a stage slowed by fsync or a loaded CPU let the workers run ahead:
+    a budget overshot by more than `concurrency` requests, and a kill -9 lost more answers than were
+    in flight.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.future: asyncio.Future = loop.create_future()
+
+    def done(self) -> None:
+        try:
+            self.loop.call_soon_threadsafe(_resolve, self.future)
+        except RuntimeError:  # the loop already closed (an aborted run): nobody waits any more
+            pass
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _handed_over(results: queue.Queue) -> None:
+    """Wait until the caller has taken (and the stage processed) everything this worker put in `results`."""
+    marker = _Handover(asyncio.get_running_loop())
+    results.put(marker)
+    await marker.future
 
 
 class _Retryable(Exception):
