@@ -8,7 +8,8 @@ per window of successes) and optional requests/tokens-per-minute buckets.
 
 Each request is retried with exponential backoff and full jitter on 429 (honouring Retry-After),
 5xx, timeouts, dropped connections and malformed answers, up to `max_retries`; then it is yielded as
-a `Failure` with its error class and the run goes on (the next run retries it). `finish_reason ==
+a `Failure` with its error class and the run goes on (the next run retries it). Every answer goes
+through validate.py's `check_result`; only the samples it fails are asked again. `finish_reason ==
 "length"` is data, never retried. 401/403/404 stop the run with one line; so does a 400/422, or an
 unreachable server, while no request has been answered yet (after that a 400 fails only its request).
 With several `base_url`s, each request goes to the least busy healthy server; a server that fails is

@@ -3,6 +3,9 @@
 Resume is by request key: a sample whose id is already in the output is never requested again, so
 re-running the same command sends only what is missing. Ctrl-C once: no new requests, wait up to
 `shutdown_timeout` for those in flight and keep their answers; Ctrl-C twice: abort at once.
+
+A sample's key includes its prompt id (see `records.sample_id`); what failed and is still missing is
+listed in `<output stem>.failures.jsonl` (see `FailureLog`).
 """
 
 from __future__ import annotations
@@ -208,7 +211,9 @@ def _over_budget(cfg: GenerateConfig, tally: _Tally) -> str | None:
     return None
 
 
-def _execute(cfg: GenerateConfig, requests: list[Request], by_id, ids, summary: dict[str, Any], failures) -> None:
+def _execute(
+    cfg: GenerateConfig, requests: list[Request], by_id, ids, summary: dict[str, Any], failures: FailureLog
+) -> None:
     """Send `requests`, append each sample as it arrives; Ctrl-C and budgets stop sending, in-flight is kept."""
     output = Path(cfg.output)
     start = time.monotonic()
