@@ -69,10 +69,11 @@ def test_dropped_connection_is_retried(tmp_path, server):
 
 
 def test_timeout_is_retried(tmp_path, server):
-    server.slow_first, server.slow_seconds = 1, 3.0
+    server.slow_first, server.slow_seconds = 1, 6.0
     prompts = write_jsonl(tmp_path / "p.jsonl", prompt_rows(0, 2))
     out = tmp_path / "s.jsonl"
-    assert_exit(cli(server.base_url, prompts, out, 1, "--concurrency", "1", "--set", "timeout=0.5", *FAST), 0)
+    # a healthy answer takes milliseconds; 2 s leaves room for a loaded CI machine, and the slow one takes 6 s
+    assert_exit(cli(server.base_url, prompts, out, 1, "--concurrency", "1", "--set", "timeout=2", *FAST), 0)
     _complete(out, 2)
     assert _manifest(out)["retries"] == {"timeout": 1}
 
@@ -103,7 +104,14 @@ def test_two_servers_one_dies_mid_run(tmp_path):
     with FakeOpenAIServer(models=[MODEL], delay=0.02) as a, FakeOpenAIServer(models=[MODEL], delay=0.02) as b:
         prompts = write_jsonl(tmp_path / "p.jsonl", prompt_rows(0, 60))
         out = tmp_path / "s.jsonl"
-        killer = threading.Timer(0.3, b.stop)
+
+        def kill_b_mid_run() -> None:  # after b answered a few: not after a fixed time a loaded machine may overrun
+            deadline = time.monotonic() + 30
+            while sum(r["status"] == 200 for r in b.chat_requests()) < 3 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            b.stop()
+
+        killer = threading.Thread(target=kill_b_mid_run)
         killer.start()
         urls = f"base_url=[{a.base_url}, {b.base_url}]"
         result = cli(a.base_url, prompts, out, 1, "--concurrency", "4", "--set", urls, *FAST)
