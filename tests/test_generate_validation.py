@@ -77,7 +77,7 @@ def _more_choices(resp):
 
 DEEP = b'{"choices": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
 
-# name -> (how the answer is bent, the failure class of each sample, or None: repaired and kept)
+# name -> (how the answer is bent, the class its request fails with after max_retries)
 FAILING: dict[str, tuple[Malformed, str]] = {
     "content-number": (Malformed(_message(content=42)), "bad_response"),
     "content-list": (Malformed(_message(content=[1, 2])), "bad_response"),
@@ -100,6 +100,7 @@ FAILING: dict[str, tuple[Malformed, str]] = {
     "json-nested-deep": (Malformed(lambda r: DEEP), "bad_response"),
     "huge-answer": (Malformed(_message(content="x" * 200_000)), "too_long"),
 }
+# name -> how the answer is bent: repaired (or asked again), and the sample kept
 KEPT: dict[str, Malformed] = {
     "usage-lots": Malformed(_usage(completion_tokens="lots", prompt_tokens=-3)),
     "usage-float-null": Malformed(_usage(completion_tokens=3.5, prompt_tokens=None)),
