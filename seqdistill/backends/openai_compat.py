@@ -53,6 +53,7 @@ class OpenAIBackend(Backend):
         self._retries: Counter[str] = Counter()
         self._answered = 0
         self._limit: _AIMD | None = None
+        self._rules = AnswerRules.for_config(cfg)
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {"retries": dict(self._retries)}
@@ -277,11 +278,10 @@ class OpenAIBackend(Backend):
         if all(type(i) is int for i in indices) and len(set(indices)) == len(indices):
             choices = [c for _, c in sorted(zip(indices, choices, strict=True), key=lambda pair: pair[0])]
         usage = resp.get("usage") if isinstance(resp.get("usage"), dict) else {}
-        rules = AnswerRules.for_config(self.cfg)
         out: list[Result | Failure] = []
         for choice, index in zip(choices, req.sample_indices, strict=False):  # choices beyond n are dropped
             result = self._result(choice, index, req, usage)
-            out.append(check_result(result, rules) if isinstance(result, Result) else result)
+            out.append(check_result(result, self._rules) if isinstance(result, Result) else result)
         if len(choices) < req.n:  # e.g. a server that ignores `n`: the missing ones are retried next run
             missing = Request(req.prompt_id, req.messages, req.sample_indices[len(choices) :])
             out.append(Failure(missing, "short_response", f"asked for {req.n} samples, got {len(choices)}"))
