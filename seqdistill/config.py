@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -114,6 +114,8 @@ class GenerateConfig(_Config):
     shutdown_timeout: float = Field(30.0, ge=0, description="After a first Ctrl-C, seconds to wait for in-flight.")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     extra_body: dict[str, Any] = Field(default_factory=dict, description="Extra request fields (e.g. top_k).")
+    # an empty answer (no content, no reasoning) is a failed request, asked again (backends/validate.py)
+    keep_empty_answers: ClassVar[bool] = False
 
     @field_validator("shard")
     @classmethod
@@ -313,6 +315,8 @@ class EvalConfig(GenerateConfig):
     allow_mixed_output: bool = Field(True, description="Eval files hold results of several models (scored by id).")
     prompt: Literal["student", "teacher"] = Field("student", description="Which prompt rendering to send.")
     sampling: EvalSamplingConfig = Field(default_factory=EvalSamplingConfig)
+    # an empty answer is the model's answer (scored not correct), not a failed request (backends/validate.py)
+    keep_empty_answers: ClassVar[bool] = True
 
     _check_known = field_validator("check")(_known_check)
 

@@ -119,8 +119,22 @@ def _prompt_id(row: dict[str, Any], messages: list[dict[str, str]], id_field: st
     return f"p-{digest[:16]}"
 
 
+def _require_unicode(item: PromptItem, where: str) -> None:
+    """A lone surrogate (JSON's "\\ud800" escape) is not text: no UTF-8 file or server can take it."""
+    try:
+        json.dumps([item.messages, item.teacher_messages, item.reference], ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = e.object[e.start : e.end].encode("unicode_escape").decode()
+        raise DataError(f"{where}: holds {bad}, a lone surrogate, not valid Unicode text: fix the row") from None
+
+
 def load_prompts(cfg: PromptsConfig) -> Iterator[PromptItem]:
-    """Yield prompts from `cfg.source`, rendered for student and teacher; duplicate ids are skipped once."""
+    """Yield prompts from `cfg.source`, rendered for student and teacher.
+
+    A prompt id given twice is a DataError naming both rows (two prompts cannot share an id: their
+    samples would share ids); a row without an id whose content repeats an earlier one is the same
+    prompt, skipped with a warning. Rows whose text is not valid Unicode are a DataError.
+    """
     if not cfg.source:
         raise ConfigError("no prompt source: pass --prompts FILE or set prompts.source")
     student = _Renderer(cfg.system_prompt, cfg.template, None, cfg)
@@ -135,21 +149,28 @@ def load_prompts(cfg: PromptsConfig) -> Iterator[PromptItem]:
             cfg,
         )
     )
-    seen: set[str] = set()
+    seen: dict[str, str] = {}  # prompt id -> where it was first read
     count = 0
     for where, row in read_table(cfg.source, cfg.split, cfg.subset):
         messages = student.render(row, where)
         pid = _prompt_id(row, messages, cfg.id_field)
         if pid in seen:
-            log.warning("%s: duplicate prompt id %s skipped", where, pid)
+            if row.get(cfg.id_field) not in (None, ""):  # two prompts claim one id: which one is meant?
+                raise DataError(
+                    f"{where}: duplicate prompt id {pid!r} (first at {seen[pid]}): "
+                    f"give each prompt its own '{cfg.id_field}', or remove the repeated row"
+                )
+            log.warning("%s: same content as %s (no id): skipped", where, seen[pid])  # one prompt, listed twice
             continue
-        seen.add(pid)
+        seen[pid] = where
         count += 1
-        yield PromptItem(
+        item = PromptItem(
             id=pid,
             messages=messages,
             teacher_messages=messages if teacher is student else teacher.render(row, where),
             reference=extract_reference(row.get(cfg.answer_field), cfg.answer_pattern),
         )
+        _require_unicode(item, where)
+        yield item
         if cfg.limit is not None and count >= cfg.limit:
             break  # stop before reading a row past the limit

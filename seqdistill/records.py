@@ -148,7 +148,9 @@ class Sample(BaseModel):
     """One teacher sample: one JSON line in samples/kept/rejected files."""
 
     model_config = ConfigDict(extra="forbid")
-    id: str = Field(description="Stable hash of the request (teacher, teacher prompt, sampling, sample index).")
+    id: str = Field(
+        description="Stable hash of the request (prompt id, teacher, teacher prompt, sampling, sample index)."
+    )
     prompt_id: str = Field(description="Id of the source prompt.")
     sample_index: int = Field(ge=0, description="Which of the n samples for this prompt.")
     prompt: list[Message] = Field(min_length=1, description="The student's prompt messages.")
@@ -186,18 +188,32 @@ class Sample(BaseModel):
         return self.completion[0].content if self.completion else ""
 
 
-def sample_id(model: str, teacher_messages: list[dict], sampling: dict[str, Any], sample_index: int) -> str:
-    """Stable key of one requested sample: the same request always gets the same id.
+def sample_id(
+    prompt_id: str, model: str, teacher_messages: list[dict], sampling: dict[str, Any], sample_index: int
+) -> str:
+    """Stable key of one requested sample: the same request for the same prompt always gets the same id.
+
+    The prompt id is part of the key: two prompts with the same text under different ids are two
+    prompts (a file may list a question twice on purpose, with different references or metadata), so
+    each gets its own samples. Without it they would share ids: both written under one id in a run,
+    and after a resume one would count as done and the other never be generated. `generate` warns
+    up front when prompts share their text, so a user who wants to pay once can dedupe the file.
 
     `n` is not part of the key: sample 2 of a prompt is the same sample whether 3 or 8 were asked for,
     so raising n only costs the new indices.
 
-    >>> sample_id("m", [{"role": "user", "content": "hi"}], {"temperature": 0.7}, 0)[:12]
-    '70756d6470b1'
+    >>> sample_id("q1", "m", [{"role": "user", "content": "hi"}], {"temperature": 0.7}, 0)[:12]
+    '379c394c9b07'
     """
     key_sampling = {k: v for k, v in sorted(sampling.items()) if k != "n"}
     payload = json.dumps(
-        {"model": model, "messages": teacher_messages, "sampling": key_sampling, "index": sample_index},
+        {
+            "prompt_id": prompt_id,
+            "model": model,
+            "messages": teacher_messages,
+            "sampling": key_sampling,
+            "index": sample_index,
+        },
         sort_keys=True,
         ensure_ascii=False,
     )

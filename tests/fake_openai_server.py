@@ -13,7 +13,8 @@ Behaviours are attributes, changeable while the server runs: `api_key` (401 on a
 token), `delay` (seconds before each answer), `fail_first` (the first K chat requests get 500),
 `garbage_first` (the next K get a 200 HTML page, as from a misconfigured proxy),
 `models` (404 "model not found" for other names), `reasoning_field` ("reasoning_content" or
-"reasoning": send a reasoning trace under that name).
+"reasoning": send a reasoning trace under that name), `malformed` (question -> `Malformed`: a
+healthy answer bent into a malformed one, for chosen prompts only, mixed into a healthy run).
 
 `/v1/completions` (what `seqdistill score` sends) is answered when the server is given `scorer`, a local
 transformers model dir: a token-id `prompt` is run through that REAL model (one unpadded forward, float32,
@@ -32,11 +33,26 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 _QUESTION = re.compile(r"What is (-?\d+) \+ (-?\d+)\?")
 _LONG_PREAMBLE = "Let me think about this very carefully, one step at a time. " * 20
+
+
+@dataclass
+class Malformed:
+    """How to bend the healthy answer to one question: `mangle(response)` is what is sent instead.
+
+    It may return any JSON value (sent as JSON; lone surrogates are escaped as JSON escapes them), or
+    bytes (sent as they are, e.g. JSON nested too deep to build in Python). `times`: answer malformed
+    this many times, then healthy; None: always.
+    """
+
+    mangle: Callable[[dict[str, Any]], Any]
+    times: int | None = None
 
 
 class FakeOpenAIServer:
@@ -83,6 +99,7 @@ class FakeOpenAIServer:
         self._scorer_model: Any = None
         self._scorer_lock = threading.Lock()
         self._completions_count = 0
+        self.malformed: dict[str, Malformed] = {}
         self._lock = threading.Lock()
         self._log: list[dict[str, Any]] = []
         self._chat_count = 0
@@ -163,6 +180,18 @@ class FakeOpenAIServer:
 
     # --- answers ---------------------------------------------------------------------------------------
 
+    def answer(self, body: dict[str, Any]) -> Any:
+        """The healthy completion, or what `malformed` makes of it for this request's question."""
+        response = self.completion(body)
+        with self._lock:
+            bend = self.malformed.get(_question(body.get("messages") or []))
+            if bend is None or bend.times == 0:
+                return response
+            if bend.times is not None:
+                bend.times -= 1
+        bent = bend.mangle(response)
+        return bent if isinstance(bent, bytes) else json.dumps(bent).encode()
+
     def completion(self, body: dict[str, Any]) -> dict[str, Any]:
         """The chat-completions response to a (valid, authorized) request body."""
         messages = body.get("messages") or []
@@ -170,7 +199,7 @@ class FakeOpenAIServer:
         if self.max_n is not None:
             n = min(n, self.max_n)
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
-        question = next((str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), "")
+        question = _question(messages)
         choices = []
         completion_tokens = 0
         for i in range(n):
@@ -274,6 +303,10 @@ class FakeOpenAIServer:
         }
 
 
+def _question(messages: list[dict[str, Any]]) -> str:
+    return next((str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"), "")
+
+
 def _logprobs(words: list[str], k: int) -> dict[str, Any]:
     """OpenAI-shaped logprobs: one entry per word; the chosen word first among k alternatives."""
     content = []
@@ -310,6 +343,17 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass
 
+    def handle(self) -> None:
+        """Serve the connection; a client that resets it (an aborted run closing with an answer unread) ends it.
+
+        Why: socketserver prints the traceback of a reset to stderr, from this server's thread, into
+        whichever CLI run a test is capturing at that moment, and that run's "no traceback" check fails.
+        """
+        try:
+            super().handle()
+        except ConnectionError:
+            self.close_connection = True
+
     def _entry(self, body: Any) -> dict[str, Any]:
         return self.fake._record(
             {
@@ -331,7 +375,10 @@ class _Handler(BaseHTTPRequestHandler):
         content_type: str = "application/json",
         headers: dict[str, str] | None = None,
     ) -> None:
-        data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+        if isinstance(payload, bytes):
+            data = payload
+        else:
+            data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
         self.fake._update(entry, status=status)
         try:
             self.send_response(status)
@@ -413,7 +460,7 @@ class _Handler(BaseHTTPRequestHandler):
             message = f"The model `{body.get('model')}` does not exist."
             self._send(entry, 404, error_body(message, "NotFoundError", 404))
             return
-        self._send(entry, 200, fake.completion(body))
+        self._send(entry, 200, fake.answer(body))
 
     def _completions(self, entry: dict[str, Any], body: Any) -> None:
         """/v1/completions with a scorer model: vLLM's validation errors, then `FakeOpenAIServer.score_completion`."""

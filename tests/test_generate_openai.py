@@ -560,3 +560,22 @@ def test_eval_against_a_server_scores_with_the_checker(tmp_path, server):
     assert_exit(result, 0)
     assert server.chat_requests() == []  # already evaluated: resumed, nothing re-sent
     assert "0.75" in result.stdout
+
+
+def test_fake_server_is_quiet_when_a_client_resets_the_connection(capfd):
+    """A client that closes with an answer unread sends a reset: the server's thread must not print a traceback."""
+    import json
+    import struct
+
+    with FakeOpenAIServer(models=[MODEL]) as server:
+        body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "What is 1 + 2?"}]}).encode()
+        head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+        client = socket.create_connection(("127.0.0.1", server.port))
+        client.sendall(head.encode() + body)
+        deadline = time.monotonic() + 10
+        while not (server.chat_requests() and server.chat_requests()[0]["answered"]) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = reset
+        client.close()
+        time.sleep(0.3)  # the server's thread reads the reset while waiting for the next request
+    assert "Traceback" not in capfd.readouterr().err

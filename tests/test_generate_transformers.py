@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from seqdistill.config import GenerateConfig, PromptsConfig, SamplingConfig
+from seqdistill.config import EvalConfig, GenerateConfig, PromptsConfig, SamplingConfig
 from seqdistill.records import Sample
 from seqdistill.stages import generate
 from tests.conftest import read_jsonl, write_jsonl
@@ -54,7 +54,10 @@ def test_raising_n_generates_only_the_new_indices(tiny_model, tmp_path):
 
 
 def test_greedy_is_deterministic(tiny_model, tmp_path):
-    cfg = _cfg(tmp_path, tiny_model, n=1, sampling=SamplingConfig(temperature=0, max_tokens=5))
+    # run as eval runs it: the random tiny model's greedy answers are empty, which generate counts as failed
+    # requests (empty_answer) and eval keeps as the model's answer
+    base = _cfg(tmp_path, tiny_model, n=1).model_dump()
+    cfg = EvalConfig(**{**base, "sampling": {"temperature": 0, "max_tokens": 5}})
     generate.run(cfg)
     first = [r["completion"][0]["content"] for r in read_jsonl(tmp_path / "samples.jsonl")]
     (tmp_path / "samples.jsonl").unlink()

@@ -131,17 +131,42 @@ def test_empty_id_falls_back_to_hash(tmp_path):
     assert all(i.id.startswith("p-") for i in items)
 
 
-def test_duplicate_prompts_are_skipped(tmp_path, caplog):
+def test_repeated_content_without_id_is_one_prompt(tmp_path, caplog):
     rows = [
         {"question": "Same?", "answer": "1"},
         {"question": "Other?", "answer": "2"},
-        {"question": "Same?", "answer": "1"},  # same content, no id: same hash
-        {"id": "x", "question": "First x", "answer": "3"},
-        {"id": "x", "question": "Second x", "answer": "4"},  # same explicit id
+        {"question": "Same?", "answer": "1"},  # same content, no id: same hash, the same prompt
     ]
     items = _load(write_jsonl(tmp_path / "p.jsonl", rows))
-    assert [i.messages[0]["content"] for i in items] == ["Same?", "Other?", "First x"]
-    assert "duplicate prompt id" in caplog.text
+    assert [i.messages[0]["content"] for i in items] == ["Same?", "Other?"]
+    assert "line 3: same content as" in caplog.text and "line 1" in caplog.text
+
+
+def test_duplicate_explicit_id_is_one_line_naming_both_rows(tmp_path):
+    rows = [
+        {"id": "x", "question": "First x", "answer": "3"},
+        {"id": "y", "question": "Other", "answer": "4"},
+        {"id": "x", "question": "Second x", "answer": "5"},  # same explicit id, other content
+    ]
+    path = write_jsonl(tmp_path / "p.jsonl", rows)
+    with pytest.raises(DataError) as info:
+        _load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path} line 3: duplicate prompt id 'x' (first at {path} line 1)")
+    assert "\n" not in message
+
+
+def test_same_id_and_same_content_is_still_a_duplicate_id(tmp_path):
+    rows = [{"id": "x", "question": "Q", "answer": "1"}, {"id": "x", "question": "Q", "answer": "1"}]
+    with pytest.raises(DataError, match="line 2: duplicate prompt id 'x'"):
+        _load(write_jsonl(tmp_path / "p.jsonl", rows))
+
+
+def test_lone_surrogate_in_a_prompt_is_one_line(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"id": "a", "question": "fine"}\n{"id": "b", "question": "bad \\ud800 text"}\n')
+    with pytest.raises(DataError, match=r"line 2: holds \\ud800, a lone surrogate"):
+        _load(path)
 
 
 def test_limit_counts_distinct_prompts(tmp_path):

@@ -13,38 +13,45 @@ SAMPLING = {"temperature": 0.7, "top_p": 0.9}
 
 
 def test_sample_id_is_stable_and_short():
-    a = sample_id("teacher", MSGS, SAMPLING, 0)
-    b = sample_id("teacher", [dict(m) for m in MSGS], dict(SAMPLING), 0)
+    a = sample_id("q1", "teacher", MSGS, SAMPLING, 0)
+    b = sample_id("q1", "teacher", [dict(m) for m in MSGS], dict(SAMPLING), 0)
     assert a == b
     assert len(a) == 32 and all(c in "0123456789abcdef" for c in a)
 
 
 def test_sample_id_ignores_sampling_key_order():
-    assert sample_id("t", MSGS, {"temperature": 0.7, "top_p": 0.9}, 0) == sample_id(
-        "t", MSGS, {"top_p": 0.9, "temperature": 0.7}, 0
+    assert sample_id("q1", "t", MSGS, {"temperature": 0.7, "top_p": 0.9}, 0) == sample_id(
+        "q1", "t", MSGS, {"top_p": 0.9, "temperature": 0.7}, 0
     )
 
 
 @pytest.mark.parametrize(
-    ("model", "messages", "sampling", "index"),
+    ("prompt_id", "model", "messages", "sampling", "index"),
     [
-        ("other-teacher", MSGS, SAMPLING, 0),
-        ("teacher", [{"role": "user", "content": "What is 6 * 8?"}], SAMPLING, 0),
-        ("teacher", [{"role": "system", "content": "Be brief."}, *MSGS], SAMPLING, 0),
-        ("teacher", MSGS, {**SAMPLING, "temperature": 0.0}, 0),
-        ("teacher", MSGS, {**SAMPLING, "seed": 1}, 0),
-        ("teacher", MSGS, SAMPLING, 1),
+        ("q2", "teacher", MSGS, SAMPLING, 0),
+        ("q1", "other-teacher", MSGS, SAMPLING, 0),
+        ("q1", "teacher", [{"role": "user", "content": "What is 6 * 8?"}], SAMPLING, 0),
+        ("q1", "teacher", [{"role": "system", "content": "Be brief."}, *MSGS], SAMPLING, 0),
+        ("q1", "teacher", MSGS, {**SAMPLING, "temperature": 0.0}, 0),
+        ("q1", "teacher", MSGS, {**SAMPLING, "seed": 1}, 0),
+        ("q1", "teacher", MSGS, SAMPLING, 1),
     ],
-    ids=["model", "messages", "system-message", "temperature", "seed", "sample-index"],
+    ids=["prompt-id", "model", "messages", "system-message", "temperature", "seed", "sample-index"],
 )
-def test_sample_id_changes_with_each_part_of_the_request(model, messages, sampling, index):
-    assert sample_id(model, messages, sampling, index) != sample_id("teacher", MSGS, SAMPLING, 0)
+def test_sample_id_changes_with_each_part_of_the_request(prompt_id, model, messages, sampling, index):
+    assert sample_id(prompt_id, model, messages, sampling, index) != sample_id("q1", "teacher", MSGS, SAMPLING, 0)
+
+
+def test_same_text_under_two_prompt_ids_gives_two_sample_ids():
+    """The identity rule: a prompt id is part of a sample's identity, so identical texts are sampled apart."""
+    ids = {sample_id(pid, "teacher", MSGS, SAMPLING, i) for pid in ("a", "b") for i in range(3)}
+    assert len(ids) == 6
 
 
 def test_sample_id_does_not_depend_on_n():
-    base = sample_id("teacher", MSGS, SAMPLING, 2)
-    assert sample_id("teacher", MSGS, {**SAMPLING, "n": 3}, 2) == base
-    assert sample_id("teacher", MSGS, {**SAMPLING, "n": 8}, 2) == base
+    base = sample_id("q1", "teacher", MSGS, SAMPLING, 2)
+    assert sample_id("q1", "teacher", MSGS, {**SAMPLING, "n": 3}, 2) == base
+    assert sample_id("q1", "teacher", MSGS, {**SAMPLING, "n": 8}, 2) == base
 
 
 def test_sample_roundtrips_through_json():

@@ -8,7 +8,8 @@ per window of successes) and optional requests/tokens-per-minute buckets.
 
 Each request is retried with exponential backoff and full jitter on 429 (honouring Retry-After),
 5xx, timeouts, dropped connections and malformed answers, up to `max_retries`; then it is yielded as
-a `Failure` with its error class and the run goes on (the next run retries it). `finish_reason ==
+a `Failure` with its error class and the run goes on (the next run retries it). Every answer goes
+through validate.py's `check_result`; only the samples it fails are asked again. `finish_reason ==
 "length"` is data, never retried. 401/403/404 stop the run with one line; so does a 400/422, or an
 unreachable server, while no request has been answered yet (after that a 400 fails only its request).
 With several `base_url`s, each request goes to the least busy healthy server; a server that fails is
@@ -29,6 +30,7 @@ from typing import Any
 
 from seqdistill.backends.base import Backend, Failure, Request, Result, split_think
 from seqdistill.backends.http import FastTransport, SDKTransport, StatusError, TransportError
+from seqdistill.backends.validate import RETRIED, AnswerRules, check_result, what
 from seqdistill.config import api_key
 from seqdistill.errors import BackendError
 from seqdistill.records import Logprobs
@@ -52,6 +54,7 @@ class OpenAIBackend(Backend):
         self._retries: Counter[str] = Counter()
         self._answered = 0
         self._limit: _AIMD | None = None
+        self._rules = AnswerRules.for_config(cfg)
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {"retries": dict(self._retries)}
@@ -75,6 +78,9 @@ class OpenAIBackend(Backend):
                     continue
                 if item is _DONE:
                     break
+                if isinstance(item, _Handover):  # the stage has processed everything put before it
+                    item.done()
+                    continue
                 if isinstance(item, BaseException):
                     raise item
                 yield item
@@ -111,8 +117,8 @@ class OpenAIBackend(Backend):
                         await rpm.take(1)
                     if tpm:
                         await tpm.take(self._token_estimate(req))
-                    for item in await self._attempts(req, servers, stop):
-                        results.put(item)
+                    await self._attempts(req, servers, stop, results.put)
+                    await _handed_over(results)
                 except Exception as e:  # BackendError: the user's to fix; anything else is a bug: never swallowed
                     fatal.append(e)
 
@@ -140,26 +146,45 @@ class OpenAIBackend(Backend):
         transport = "aiohttp" if cfg.http_client == "openai" else "httpx"
         return SDKTransport(url, self._key, cfg.timeout, cfg.concurrency, transport)
 
-    async def _attempts(self, req: Request, servers: list[_Server], stop: threading.Event) -> list[Any]:
-        """Send `req` until it succeeds or runs out of attempts: its Results, or one Failure."""
+    async def _attempts(self, req: Request, servers: list[_Server], stop: threading.Event, emit) -> None:
+        """Send `req` until every sample is answered or out of attempts; `emit` each Result and final Failure.
+
+        Samples of an answer that failed validation with a retried class (see validate.py) are asked
+        again, alone, in the next attempt; the good samples of the same answer are emitted at once.
+        """
         kind, detail = "", ""
         for attempt in range(self.cfg.max_retries + 1):
             server = await _pick(servers)
             await self._limit.acquire()
+            if stop.is_set():  # stopped while this waited for a slot (or backed off): send nothing new
+                self._limit.release()
+                if attempt:
+                    emit(Failure(req, kind, _printable(detail)))
+                return
             server.in_flight += 1
+            wait, unreachable, items = None, False, []
             try:
-                results = self._results(await self._send(server, req), req)
+                items = self._results(await self._send(server, req), req)
                 server.ok()
                 self._answered += 1
                 self._limit.on_success()
-                return results
             except _GiveUp as e:
-                return [Failure(req, e.args[0], e.args[1])]
+                emit(Failure(req, e.args[0], e.args[1]))
+                return
             except _Retryable as e:
                 kind, detail, wait, unreachable = e.kind, e.detail, e.wait, e.unreachable
             finally:
                 server.in_flight -= 1
                 self._limit.release()
+            last = attempt == self.cfg.max_retries or stop.is_set()
+            again = [f for f in items if isinstance(f, Failure) and f.kind in RETRIED and not last]
+            for item in _merged([i for i in items if not any(i is f for f in again)]):
+                emit(item)
+            if items and not again:
+                return
+            if again:  # a malformed answer: ask again for just those samples
+                kind, detail = again[0].kind, again[0].detail
+                req = Request(req.prompt_id, req.messages, [i for f in again for i in f.request.sample_indices])
             others_up = any(s.up() for s in servers if s is not server)
             if (
                 unreachable  # nobody listening, not a dropped connection
@@ -171,7 +196,7 @@ class OpenAIBackend(Backend):
                     f"cannot reach the server at {server.url} ({detail}): is it running? "
                     "(start it with e.g. `vllm serve MODEL --port 8000`, or set --base-url)"
                 )
-            if attempt == self.cfg.max_retries or stop.is_set():
+            if last:
                 break  # no new sends after a Ctrl-C: the next run retries it
             self._retries[kind] += 1
             if kind == "connection" and others_up:
@@ -179,8 +204,9 @@ class OpenAIBackend(Backend):
             delay = wait if wait is not None else _backoff(attempt, self.cfg.backoff_base, self.cfg.backoff_max)
             log.debug("prompt %s: %s (%s); retry %d in %.2fs", req.prompt_id, kind, detail, attempt + 1, delay)
             await asyncio.sleep(delay)
+        detail = _printable(detail)
         log.warning("prompt %s: gave up after %s (%s); the next run retries it", req.prompt_id, kind, detail)
-        return [Failure(req, kind, detail)]
+        emit(Failure(req, kind, detail))
 
     async def _send(self, server: _Server, req: Request) -> dict[str, Any]:
         body = {"model": self.cfg.model, "messages": req.messages, **self._params(req), **self.cfg.extra_body}
@@ -192,6 +218,8 @@ class OpenAIBackend(Backend):
             if e.kind == "connection":
                 server.fail(self.cfg.server_cooldown)
             raise _Retryable(e.kind, e.detail, unreachable=e.unreachable) from None
+        except RecursionError:  # json.loads on a body nested thousands deep: a malformed answer, not a bug here
+            raise _Retryable("bad_response", "JSON nested too deeply to parse") from None
 
     def _params(self, req: Request) -> dict[str, Any]:
         s = self.cfg.sampling
@@ -210,7 +238,7 @@ class OpenAIBackend(Backend):
 
     def _status_error(self, e: StatusError, server: _Server) -> Exception:
         code = e.code
-        detail = e.detail.replace(self._key, "***")  # some servers echo the key they got
+        detail = _printable(e.detail.replace(self._key, "***"))  # some servers echo the key they got
         if code in (401, 403):
             where = (
                 f"the key in ${self.cfg.api_key_env}" if self.cfg.api_key_env else "no API key (api_key_env is unset)"
@@ -235,25 +263,41 @@ class OpenAIBackend(Backend):
             return BackendError(f"server at {server.url} rejected the request with {code}: {detail}")
         return _GiveUp(f"http_{code}", detail)
 
-    def _results(self, resp: dict[str, Any], req: Request) -> list[Result | Failure]:
-        try:
-            choices = sorted(resp["choices"], key=lambda c: c.get("index", 0))
-            usage = resp.get("usage") or {}
-            out: list[Result | Failure] = [
-                self._result(choice, idx, req, usage) for choice, idx in zip(choices, req.sample_indices, strict=False)
-            ]
-        except (AttributeError, KeyError, TypeError) as e:  # a 200 whose body is not a chat completion
-            raise _Retryable("bad_response", f"{type(e).__name__}: {e}") from None
+    def _results(self, resp: Any, req: Request) -> list[Result | Failure]:
+        """A chat-completions body -> one checked Result or Failure per sample index of `req` (validate.py).
+
+        Raises `_Retryable("bad_response")` when the body as a whole is not a chat completion.
+        """
+        if not isinstance(resp, dict):
+            raise _Retryable("bad_response", f"the body is {what(resp)}, not a chat completion")
+        choices = resp.get("choices")
+        if not isinstance(choices, list) or not choices:
+            error = resp.get("error")  # some proxies answer 200 with an error object
+            said = f": the server said {str(error.get('message', error))[:160]!r}" if isinstance(error, dict) else ""
+            raise _Retryable("bad_response", f"no choices ({what(choices)}){said}")
+        indices = [c.get("index") if isinstance(c, dict) else None for c in choices]
+        if all(type(i) is int for i in indices) and len(set(indices)) == len(indices):
+            choices = [c for _, c in sorted(zip(indices, choices, strict=True), key=lambda pair: pair[0])]
+        usage = resp.get("usage") if isinstance(resp.get("usage"), dict) else {}
+        out: list[Result | Failure] = []
+        for choice, index in zip(choices, req.sample_indices, strict=False):  # choices beyond n are dropped
+            result = self._result(choice, index, req, usage)
+            out.append(check_result(result, self._rules) if isinstance(result, Result) else result)
         if len(choices) < req.n:  # e.g. a server that ignores `n`: the missing ones are retried next run
             missing = Request(req.prompt_id, req.messages, req.sample_indices[len(choices) :])
             out.append(Failure(missing, "short_response", f"asked for {req.n} samples, got {len(choices)}"))
         return out
 
-    def _result(self, choice: dict[str, Any], sample_index: int, req: Request, usage: dict[str, Any]) -> Result:
-        msg = choice["message"]
+    def _result(self, choice: Any, sample_index: int, req: Request, usage: dict[str, Any]) -> Result | Failure:
+        """One choice as a Result (its values still unchecked), or a Failure when its shape is not a choice."""
+        one = Request(req.prompt_id, req.messages, [sample_index])
+        msg = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(msg, dict):
+            shape = f"a choice is {what(choice)}" if not isinstance(choice, dict) else f"its message is {what(msg)}"
+            return Failure(one, "bad_response", f"{shape}, not an object")
         reasoning = msg.get("reasoning_content") or msg.get("reasoning")  # DeepSeek/older vLLM, newer vLLM
-        content = msg.get("content") or ""
-        if self.cfg.split_think and not reasoning:
+        content = _text_parts(msg.get("content"))
+        if self.cfg.split_think and isinstance(content, str) and not reasoning:
             reasoning, content = split_think(content)
         sample_usage: dict[str, Any] = {}
         if usage:
@@ -262,7 +306,12 @@ class OpenAIBackend(Backend):
                 sample_usage["completion_tokens"] = usage.get("completion_tokens")
             else:  # the API reports one total for all n choices
                 sample_usage["request_completion_tokens"] = usage.get("completion_tokens")
-        logprobs = _compact_logprobs(choice.get("logprobs")) if self.cfg.logprobs is not None else None
+        logprobs = None
+        if self.cfg.logprobs is not None:
+            try:
+                logprobs = _compact_logprobs(choice.get("logprobs"))
+            except (AttributeError, KeyError, TypeError, ValueError) as e:  # the check names what a shape lacks
+                return Failure(one, "bad_logprobs", f"{type(e).__name__}: {str(e)[:120]!r}")
         if logprobs and "completion_tokens" not in sample_usage:
             sample_usage["completion_tokens"] = len(logprobs.tokens)
         return Result(
@@ -272,6 +321,39 @@ class OpenAIBackend(Backend):
     def _token_estimate(self, req: Request) -> float:
         prompt_chars = sum(len(m.get("content") or "") for m in req.messages)
         return prompt_chars / 4 + self.cfg.sampling.max_tokens * req.n
+
+
+class _Handover:
+    """A marker a worker queues after a request's answers; the caller's thread resolves it when it reaches it.
+
+    Why: the stage writes each answer and checks its budgets (setting `stop`) before it asks for the
+    next item, so a worker that waits for its marker starts no new request until its answers were
+    written and judged. Without it, a stage slowed by fsync or a loaded CPU let the workers run ahead:
+    a budget overshot by more than `concurrency` requests, and a kill -9 lost more answers than were
+    in flight.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.future: asyncio.Future = loop.create_future()
+
+    def done(self) -> None:
+        try:
+            self.loop.call_soon_threadsafe(_resolve, self.future)
+        except RuntimeError:  # the loop already closed (an aborted run): nobody waits any more
+            pass
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _handed_over(results: queue.Queue) -> None:
+    """Wait until the caller has taken (and the stage processed) everything this worker put in `results`."""
+    marker = _Handover(asyncio.get_running_loop())
+    results.put(marker)
+    await marker.future
 
 
 class _Retryable(Exception):
@@ -381,6 +463,41 @@ class _Bucket:
                 await asyncio.sleep((amount - self.level) / self.rate)
                 self.level, self.last = amount, time.monotonic()
             self.level -= amount
+
+
+def _merged(items: list[Result | Failure]) -> list[Result | Failure]:
+    """Results (of generation or scoring) as they are; the failures of one answer merged by class."""
+    out: list[Result | Failure] = [i for i in items if not isinstance(i, Failure)]
+    by_kind: dict[str, Failure] = {}
+    for f in (i for i in items if isinstance(i, Failure)):
+        if f.kind in by_kind:
+            first = by_kind[f.kind]
+            first.request = Request(
+                first.request.prompt_id,
+                first.request.messages,
+                first.request.sample_indices + f.request.sample_indices,
+            )
+        else:
+            by_kind[f.kind] = f
+    return out + list(by_kind.values())
+
+
+def _printable(text: str) -> str:
+    """`text` that any UTF-8 stream can print: a lone surrogate from a server becomes its escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _text_parts(content: Any) -> Any:
+    """Content as text: null is "", a list of text parts (as some servers send) is joined; other values as is."""
+    if content is None:
+        return ""
+    if isinstance(content, list) and content and all(_is_text_part(p) for p in content):
+        return "".join(p["text"] for p in content)
+    return content
+
+
+def _is_text_part(part: Any) -> bool:
+    return isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
 
 
 def _backoff(attempt: int, base: float, cap: float) -> float:

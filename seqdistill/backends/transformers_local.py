@@ -13,7 +13,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-from seqdistill.backends.base import Backend, Request, Result
+from seqdistill.backends.base import Backend, Failure, Request, Result
+from seqdistill.backends.validate import AnswerRules, check_result
 from seqdistill.models import load_model
 from seqdistill.records import Logprobs
 
@@ -32,7 +33,8 @@ class TransformersBackend(Backend):
         if cfg.sampling.seed is not None:
             torch.manual_seed(cfg.sampling.seed)
 
-    def generate(self, requests: list[Request], stop: threading.Event) -> Iterator[Result]:
+    def generate(self, requests: list[Request], stop: threading.Event) -> Iterator[Result | Failure]:
+        rules = AnswerRules.for_config(self.cfg)
         rows = [(req, idx) for req in requests for idx in req.sample_indices]
         texts = {id(req): self._render(req) for req in requests}
         lengths = {
@@ -44,7 +46,8 @@ class TransformersBackend(Backend):
             if stop.is_set():
                 return
             batch = rows[start : start + bs]
-            yield from self._generate_batch(batch, [texts[id(req)] for req, _ in batch])
+            for result in self._generate_batch(batch, [texts[id(req)] for req, _ in batch]):
+                yield check_result(result, rules)  # e.g. an answer that is only an end-of-turn token: empty
 
     def _render(self, req: Request) -> str:
         return self.tokenizer.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)

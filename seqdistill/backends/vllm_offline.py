@@ -12,7 +12,8 @@ from collections.abc import Iterator
 
 import vllm  # noqa: F401  (ImportError here becomes "needs pip install 'seqdistill[vllm]'")
 
-from seqdistill.backends.base import Backend, Request, Result, split_think
+from seqdistill.backends.base import Backend, Failure, Request, Result, split_think
+from seqdistill.backends.validate import AnswerRules, check_result
 from seqdistill.models import resolve_model
 from seqdistill.records import Logprobs
 
@@ -31,8 +32,9 @@ class VLLMBackend(Backend):
             **{"seed": cfg.sampling.seed or 0, **cfg.engine_args},
         )
 
-    def generate(self, requests: list[Request], stop: threading.Event) -> Iterator[Result]:
+    def generate(self, requests: list[Request], stop: threading.Event) -> Iterator[Result | Failure]:
         s = self.cfg.sampling
+        rules = AnswerRules.for_config(self.cfg)
         # vLLM batches internally; chunks keep results flowing to disk and let Ctrl-C stop between chunks.
         chunk = max(1, self.cfg.batch_size * 8)
         for start in range(0, len(requests), chunk):
@@ -66,7 +68,8 @@ class VLLMBackend(Backend):
                         if self.cfg.logprobs is not None
                         else None
                     )
-                    yield Result(req, idx, text, completion.finish_reason, reasoning, usage, logprobs)
+                    result = Result(req, idx, text, completion.finish_reason, reasoning, usage, logprobs)
+                    yield check_result(result, rules)
 
 
 def _compact_logprobs(token_ids, steps, k: int) -> Logprobs | None:

@@ -32,6 +32,25 @@ class Rule:
         return Drop(self.name, reason)
 
 
+class DuplicateId(Rule):
+    """Drop a sample whose id was already seen: the first wins (an output two runs or writers appended to).
+
+    Memory: one 16-byte digest per sample.
+    """
+
+    name = "duplicate_id"
+
+    def __init__(self):
+        self.seen: set[bytes] = set()
+
+    def __call__(self, sample: Sample) -> Drop | None:
+        key = hashlib.blake2b(sample.id.encode(), digest_size=16).digest()
+        if key in self.seen:
+            return self.drop(f"sample id {sample.id} already seen: only the first record with an id is kept")
+        self.seen.add(key)
+        return None
+
+
 class WellFormed(Rule):
     """Drop samples without exactly one non-empty assistant message."""
 

@@ -10,6 +10,7 @@ prompts whose rate is outside [`min_pass_rate`, `max_pass_rate`], and keeps up t
 `CheckPool` (worker processes, a timeout per check). Memory holds one small entry per survivor (plus the dedup
 indexes), not the samples. Outputs are written atomically; the same input and config give
 byte-identical outputs.
+Before every rule, a record whose sample id was already seen is dropped (`duplicate_id`, a funnel row once it drops).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from seqdistill.checks.decontam import Decontaminate, load_eval_texts
 from seqdistill.checks.near_dup import NearDuplicateCompletion, NearDuplicatePrompt
 from seqdistill.checks.pool import CheckPool
 from seqdistill.checks.quality import Length, Refusal, Repetition, Think
-from seqdistill.checks.rules import AnswerCheck, Drop, ExactDuplicate, Rule, Truncated, WellFormed
+from seqdistill.checks.rules import AnswerCheck, Drop, DuplicateId, ExactDuplicate, Rule, Truncated, WellFormed
 from seqdistill.config import FilterConfig
 from seqdistill.errors import ConfigError
 from seqdistill.io import AtomicWriter, read_samples, write_json
@@ -37,6 +38,7 @@ from seqdistill.records import Sample
 
 log = logging.getLogger(__name__)
 FUNNEL_ORDER = [
+    "duplicate_id",
     "malformed", "contaminated", "near_duplicate_prompt", "truncated", "length", "think", "repetition", "refusal",
     "wrong_answer", "unverifiable", "duplicate", "near_duplicate", "pass_rate_band", "max_per_prompt",
 ]  # fmt: skip
@@ -46,7 +48,7 @@ BLOCK = 1024  # samples per batch of answer checks
 
 def build_rules(cfg: FilterConfig) -> list[Rule]:
     """The per-sample rules of the first pass, in order (selection is the second pass)."""
-    rules: list[Rule] = [WellFormed()]
+    rules: list[Rule] = [DuplicateId(), WellFormed()]  # one record per id, first: ids key selection
     if cfg.decontaminate:
         rules.append(Decontaminate(load_eval_texts(cfg.decontaminate), cfg.decontam_ngram))
     if cfg.near_dup_prompt_threshold:
@@ -275,7 +277,7 @@ def _first_drop(rules: list[Rule], sample) -> Drop | None:
 def _report(cfg: FilterConfig, total: int, kept: int, funnel: _Funnel, rules: list[Rule]) -> dict[str, Any]:
     rows = []
     remaining = total
-    active = {r.name for r in rules} | ({"max_per_prompt"} if cfg.max_per_prompt else set())
+    active = {r.name for r in rules} - {"duplicate_id"} | ({"max_per_prompt"} if cfg.max_per_prompt else set())
     if cfg.min_pass_rate is not None or cfg.max_pass_rate is not None:
         active.add("pass_rate_band")
     if "answer" in active:

@@ -3,6 +3,9 @@
 Resume is by request key: a sample whose id is already in the output is never requested again, so
 re-running the same command sends only what is missing. Ctrl-C once: no new requests, wait up to
 `shutdown_timeout` for those in flight and keep their answers; Ctrl-C twice: abort at once.
+
+A sample's key includes its prompt id (see `records.sample_id`); what failed and is still missing is
+listed in `<output stem>.failures.jsonl` (see `FailureLog`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from seqdistill import __version__
 from seqdistill.backends import Failure, Request, Result, create_backend, resolve_backend
 from seqdistill.config import GenerateConfig
 from seqdistill.errors import BackendError, ConfigError
-from seqdistill.io import SampleWriter, read_samples, repair_tail, write_json
+from seqdistill.io import SampleWriter, read_samples, repair_tail, write_atomic, write_json
 from seqdistill.models import model_identity
 from seqdistill.progress import progress_bar
 from seqdistill.prompts import PromptItem, load_prompts
@@ -52,8 +55,28 @@ def plan(cfg: GenerateConfig, use_student_prompt: bool = False) -> tuple[list[Pr
             p.teacher_messages = p.messages
     sampling = sampling_key(cfg)
     model = model_identity(cfg.model)
-    ids = {(p.id, i): sample_id(model, p.teacher_messages, sampling, i) for p in prompts for i in range(cfg.n)}
+    ids = {(p.id, i): sample_id(p.id, model, p.teacher_messages, sampling, i) for p in prompts for i in range(cfg.n)}
     return prompts, ids
+
+
+def warn_shared_texts(prompts: list[PromptItem]) -> int:
+    """Warn once when prompts under different ids send the teacher the same messages; return how many do.
+
+    Each is sampled (and paid for) separately: a sample's identity includes its prompt id (see `sample_id`).
+    """
+    by_text: dict[str, list[str]] = {}
+    for p in prompts:
+        by_text.setdefault(json.dumps(p.teacher_messages, sort_keys=True), []).append(p.id)
+    groups = [pids for pids in by_text.values() if len(pids) > 1]
+    shared = sum(len(pids) for pids in groups)
+    if shared:
+        log.warning(
+            "%d prompts share their text with another prompt (e.g. ids %s): each is sampled separately; "
+            "dedupe the prompt file to pay once",
+            shared,
+            ", ".join(groups[0][:2]),
+        )
+    return shared
 
 
 def in_shard(prompt_id: str, shard: str | None) -> bool:
@@ -102,6 +125,7 @@ def pending_requests(cfg: GenerateConfig, use_student_prompt: bool = False):
     prompts, ids = plan(cfg, use_student_prompt)
     done, settings = read_output(Path(cfg.output))
     _refuse_mixing(cfg, settings)
+    warn_shared_texts(prompts)
     missing: dict[str, list[int]] = {}
     for (pid, idx), sid in ids.items():
         if sid not in done:
@@ -116,6 +140,7 @@ def run(cfg: GenerateConfig, use_student_prompt: bool = False) -> dict[str, Any]
     if cfg.backend == "auto":
         cfg = cfg.model_copy(update={"backend": resolve_backend(cfg.backend)})
     prompts, ids, done, requests = pending_requests(cfg, use_student_prompt)
+    failures = FailureLog(Path(cfg.output), ids, done)
     summary = _summary_start(cfg, prompts, ids, requests)
     if other := len(done - set(ids.values())):
         log.info("%s: %d samples from other prompts are left as they are", cfg.output, other)
@@ -127,8 +152,9 @@ def run(cfg: GenerateConfig, use_student_prompt: bool = False) -> dict[str, Any]
         summary["budget_reached"] = "max_requests"
     if not requests:
         log.info("%s: all %d samples already present; nothing to send", cfg.output, len(ids))
+        failures.settle()
         return summary
-    _execute(cfg, requests, {p.id: p for p in prompts}, ids, summary)
+    _execute(cfg, requests, {p.id: p for p in prompts}, ids, summary, failures)
     return summary
 
 
@@ -138,7 +164,7 @@ def dry_run(cfg: GenerateConfig) -> dict[str, Any]:
     pilot = requests[: cfg.pilot_prompts]
     summary = _summary_start(cfg, prompts, ids, pilot)
     if pilot:
-        _execute(cfg, pilot, {p.id: p for p in prompts}, ids, summary)
+        _execute(cfg, pilot, {p.id: p for p in prompts}, ids, summary, FailureLog(Path(cfg.output), ids, done))
     samples = max(summary["generated"], 1)
     remaining = requests[len(pilot) :]
     rest_samples = sum(r.n for r in remaining)
@@ -185,7 +211,9 @@ def _over_budget(cfg: GenerateConfig, tally: _Tally) -> str | None:
     return None
 
 
-def _execute(cfg: GenerateConfig, requests: list[Request], by_id, ids, summary: dict[str, Any]) -> None:
+def _execute(
+    cfg: GenerateConfig, requests: list[Request], by_id, ids, summary: dict[str, Any], failures: FailureLog
+) -> None:
     """Send `requests`, append each sample as it arrives; Ctrl-C and budgets stop sending, in-flight is kept."""
     output = Path(cfg.output)
     start = time.monotonic()
@@ -197,9 +225,12 @@ def _execute(cfg: GenerateConfig, requests: list[Request], by_id, ids, summary: 
             with progress_bar(sum(r.n for r in requests), f"generate ({cfg.backend})") as bar:
                 for item in backend.generate(requests, stop):
                     if isinstance(item, Failure):
-                        tally.failed(item, side_path(output, "failures.jsonl"))
+                        tally.failed(item)
+                        failures.add(item)
                     else:
-                        writer.write(_to_sample(cfg, by_id[item.request.prompt_id], item, ids))
+                        sample = _to_sample(cfg, by_id[item.request.prompt_id], item, ids)
+                        writer.write(sample)
+                        failures.resolve(sample.id)
                         tally.sample(item)
                         bar.advance()
                     bar.status(tally.line(backend.stats(), time.monotonic() - start))
@@ -213,6 +244,7 @@ def _execute(cfg: GenerateConfig, requests: list[Request], by_id, ids, summary: 
         ) from None
     finally:
         backend.close()
+        failures.settle()
         summary.update(tally.summary(time.monotonic() - start))
         if budget:
             summary["budget_reached"] = budget
@@ -244,17 +276,8 @@ class _Tally:
             completion = usage["request_completion_tokens"] / max(1, result.request.n)
         self.completion_tokens += completion or 0
 
-    def failed(self, failure: Failure, path: Path) -> None:
+    def failed(self, failure: Failure) -> None:
         self.failures[failure.kind] += 1
-        with path.open("a", encoding="utf-8") as f:  # a durable record of what failed and why
-            row = {
-                "prompt_id": failure.request.prompt_id,
-                "sample_indices": failure.request.sample_indices,
-                "error": failure.kind,
-                "detail": failure.detail,
-                "time": time.time(),
-            }
-            f.write(json.dumps(row) + "\n")
 
     def line(self, stats: dict[str, Any], elapsed: float) -> str:
         parts = [f"{self.completion_tokens / max(elapsed, 1e-9):.0f} tok/s"]
@@ -282,6 +305,83 @@ class _Tally:
             "seconds": round(seconds, 2),
             "samples_per_s": round(self.samples / max(seconds, 1e-9), 3),
         }
+
+
+class FailureLog:
+    """`<output stem>.failures.jsonl`: the requested samples missing from the output because their request failed.
+
+    One row per failed request: prompt_id, sample_indices, sample_ids, error (the class), detail, time.
+    During a run each failure is appended at once (a durable record, even after kill -9); when the run
+    ends, however it ends, the file is rewritten atomically to the current state: this run's failures,
+    plus earlier rows for samples still missing that this run neither wrote nor failed (not sent: a
+    budget or Ctrl-C stopped it first, or they belong to another config: other prompts, shard, teacher
+    or sampling written to the same output). A row drops out once its samples are in the output; rows
+    without `sample_ids` (older versions) are dropped (the next run retries what is missing anyway).
+    The file is removed when nothing is left: no file, no failure.
+    """
+
+    def __init__(self, output: Path, ids: dict[tuple[str, int], str], done: set[str]):
+        self.path = side_path(output, "failures.jsonl")
+        self.ids = ids
+        self.earlier = [row for row in self._read() if not set(row["sample_ids"]) <= done]
+        self.rows: list[dict[str, Any]] = []
+        self.resolved: set[str] = set()
+
+    def _read(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        rows = []
+        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:  # a line torn by a kill -9 mid-append
+                continue
+            if isinstance(row, dict) and _aligned(row.get("sample_ids"), row.get("sample_indices")):
+                rows.append(row)
+        return rows
+
+    def add(self, failure: Failure) -> None:
+        pid, indices = failure.request.prompt_id, failure.request.sample_indices
+        row = {
+            "prompt_id": pid,
+            "sample_indices": indices,
+            "sample_ids": [self.ids[(pid, i)] for i in indices],
+            "error": failure.kind,
+            "detail": failure.detail,
+            "time": time.time(),
+        }
+        self.rows.append(row)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")  # ASCII: a detail quoting a server's bad bytes stays writable
+
+    def resolve(self, sid: str) -> None:
+        self.resolved.add(sid)
+
+    def settle(self) -> None:
+        """Rewrite the file to the current state (atomically), or remove it when nothing failed."""
+        gone = self.resolved | {sid for row in self.rows for sid in row["sample_ids"]}  # written, or failed anew
+        rows = []
+        for row in self.earlier:
+            pairs = zip(row["sample_indices"], row["sample_ids"], strict=True)
+            left = [(i, sid) for i, sid in pairs if sid not in gone]
+            if left:
+                rows.append({**row, "sample_indices": [i for i, _ in left], "sample_ids": [sid for _, sid in left]})
+        rows += self.rows
+        if rows:
+            write_atomic(self.path, (json.dumps(row) for row in rows))
+        else:
+            self.path.unlink(missing_ok=True)
+
+
+def _aligned(sample_ids: Any, indices: Any) -> bool:
+    """A row this module wrote: as many string ids as integer indices."""
+    return (
+        isinstance(sample_ids, list)
+        and isinstance(indices, list)
+        and len(sample_ids) == len(indices)
+        and all(isinstance(s, str) for s in sample_ids)
+        and all(type(i) is int for i in indices)
+    )
 
 
 def _write_manifest(cfg: GenerateConfig, summary: dict[str, Any], stats: dict[str, Any]) -> None:

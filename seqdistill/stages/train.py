@@ -37,8 +37,27 @@ def to_example(sample: Sample, reasoning: str = "think") -> dict[str, list[dict[
     return {"prompt": prompt, "completion": [{"role": "assistant", "content": content}]}
 
 
+def training_samples(path: str, warn: bool = True) -> list[Sample]:
+    """The samples of `path` with a completion, each sample id once: the first wins, as in filter.
+
+    A repeated id (a file two runs appended to, or concatenated) would train twice on one sample; it is
+    dropped with a warning rather than refused, since the first record is a complete sample.
+    """
+    samples, seen, repeated = [], set(), 0
+    for s in read_samples(path):
+        if s.id in seen:
+            repeated += 1
+            continue
+        seen.add(s.id)
+        if s.completion:
+            samples.append(s)
+    if repeated and warn:
+        log.warning("%s: %d records repeat an earlier sample id; training on the first of each", path, repeated)
+    return samples
+
+
 def load_examples(path: str, reasoning: str) -> list[dict[str, Any]]:
-    examples = [to_example(s, reasoning) for s in read_samples(path) if s.completion]
+    examples = [to_example(s, reasoning) for s in training_samples(path)]
     if not examples:
         raise DataError(f"{path}: no samples to train on (did the filter keep anything? see its report)")
     return examples
@@ -240,7 +259,7 @@ def attach_soft_targets(cfg: TrainConfig, tokenizer, examples: list[dict[str, An
     """
     from seqdistill.kd import TokenTable, require_same_vocabulary, teacher_targets
 
-    samples = [s for s in read_samples(cfg.input) if s.completion]  # the same order as load_examples
+    samples = training_samples(cfg.input, warn=False)  # the same samples, in the same order, as load_examples
     logprobs = [s.logprobs for s in samples]
     k = max((lp.k for lp in logprobs if lp is not None), default=0)
     if not k:
