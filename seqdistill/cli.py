@@ -2,14 +2,19 @@
 
 Only this module prints. A `SeqdistillError` becomes one red line and exit code 1 (SEQDISTILL_DEBUG=1
 shows the traceback); heavy libraries are imported inside commands so `--help` stays instant.
+SIGTERM and SIGHUP unwind a command like Ctrl-C (exit 143 / 129, 130 for Ctrl-C); see docs/robustness.md.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,7 +24,7 @@ from rich.markup import escape
 
 from seqdistill import __version__
 from seqdistill.config import load_pipeline, load_stage
-from seqdistill.errors import SeqdistillError
+from seqdistill.errors import SeqdistillError, Stopped
 
 app = typer.Typer(
     help="Sequence distillation: sample a teacher, keep the good samples, fine-tune a student.",
@@ -51,7 +56,7 @@ def _setup_logging() -> None:
 
 
 def command(fn):
-    """Run a command with user errors as one red line and exit 1; Ctrl-C aborts with exit 130."""
+    """Run a command with user errors as one red line and exit 1; a stop signal unwinds it (exit 128 + signal)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> None:
@@ -59,17 +64,69 @@ def command(fn):
         from seqdistill.stages.generate import Interrupted
 
         try:
-            fn(*args, **kwargs)
+            with _stop_signals():
+                fn(*args, **kwargs)
         except (SeqdistillError, Interrupted) as e:
             if os.environ.get("SEQDISTILL_DEBUG"):
                 raise
-            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(130 if isinstance(e, Interrupted) else 1) from None
-        except KeyboardInterrupt:
-            err.print("[bold red]interrupted[/]")
-            raise typer.Exit(130) from None
+            _error(str(e))
+            raise typer.Exit(e.exit_code if isinstance(e, Interrupted) else 1) from None
+        except KeyboardInterrupt as e:
+            name = e.name if isinstance(e, Stopped) else "Ctrl-C"
+            err.print(f"[bold red]interrupted[/] by {name}: finished outputs are kept; run the same command again")
+            raise typer.Exit(e.exit_code if isinstance(e, Stopped) else 130) from None
+        except OSError as e:  # last resort: an I/O error the stage did not name (it should raise DataError)
+            if os.environ.get("SEQDISTILL_DEBUG") or (e.filename is None and e.errno not in _ENVIRONMENT_ERRNOS):
+                raise
+            from seqdistill.io import os_error
+
+            _error(str(os_error(e, None, "access")))
+            raise typer.Exit(1) from None
 
     return wrapper
+
+
+# I/O errors that say something about the machine (not a bug), worth one line even without a file name
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EMFILE, errno.ENFILE, errno.EIO}
+
+
+def _error(message: str) -> None:
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def _stop_signals():
+    """SIGTERM and SIGHUP raise `Stopped` in the main thread, once, so the command unwinds like Ctrl-C.
+
+    `with` blocks clean up on the way out (temporary files removed, CheckPool workers stopped). Later
+    ones are ignored while it unwinds (a bounded wait); Ctrl-C still interrupts. A signal the process was
+    started ignoring (`nohup`) stays ignored. A forked worker (CheckPool) inherits the handler: it dies
+    of the signal as it would have by default, and the parent replaces or stops it.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    owner, raised = os.getpid(), []
+
+    def handler(signum, frame):
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        if not raised:
+            raised.append(signum)
+            raise Stopped(signum)
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    for s, h in previous.items():
+        if h is not signal.SIG_IGN:
+            signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            if h is not signal.SIG_IGN:
+                signal.signal(s, h if h is not None else signal.SIG_DFL)
 
 
 def _show(title: str, summary: dict[str, Any]) -> None:
@@ -83,9 +140,14 @@ def _show(title: str, summary: dict[str, Any]) -> None:
 
 
 def _stopped(summary: dict[str, Any]) -> None:
+    """A run stopped by a signal: say what was kept and exit 128 + the signal (130 Ctrl-C, 143 TERM, 129 HUP)."""
     if summary.get("interrupted"):
-        err.print(f"stopped: {summary.get('generated', 0)} new samples kept; run the same command to resume")
-        raise typer.Exit(130)
+        name = summary.get("stopped_by") or "SIGINT"
+        shown = "Ctrl-C" if name == "SIGINT" else name
+        err.print(
+            f"stopped by {shown}: {summary.get('generated', 0)} new samples kept; run the same command to resume"
+        )
+        raise typer.Exit(128 + signal.Signals[name])
 
 
 @app.command("generate")
@@ -236,7 +298,8 @@ def run_cmd(
     from seqdistill.stages import pipeline
 
     summary = pipeline.run(load_pipeline(config, set_))
-    _stopped(summary["generate"])
+    for stage in (summary["generate"], *summary.get("eval", {}).values()):
+        _stopped(stage)
     out.print(summary_table(summary))
 
 

@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -115,6 +116,18 @@ class GenerateConfig(_Config):
         i, sep, n = value.partition("/")
         if not (sep and i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
             raise ValueError(f"shard must be 'I/N' with 0 <= I < N, e.g. 0/4 (got {value!r})")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_credentials_in_url(cls, value: str | list[str]) -> str | list[str]:
+        # never echo the URL: the message would carry the password into logs and terminals
+        for url in [value] if isinstance(value, str) else value:
+            if "@" in urlsplit(url).netloc:
+                raise ValueError(
+                    "credentials in the URL (user:password@host) are not supported: they would end up in logs and "
+                    "manifests; remove them and put the key in an environment variable named by api_key_env"
+                )
         return value
 
     @model_validator(mode="after")
@@ -359,7 +372,7 @@ def _validate(cls: type[_Config], data: dict[str, Any], origin: str) -> Any:
         loc = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             raise ConfigError(f"{origin}: unknown config key '{loc}' (check its spelling; see the README)") from None
-        raise ConfigError(f"{origin}: {loc}: {err['msg']}") from None
+        raise ConfigError(f"{origin}: {loc}: {err['msg'].removeprefix('Value error, ')}") from None
 
 
 def load_stage(

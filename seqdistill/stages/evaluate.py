@@ -15,20 +15,30 @@ from seqdistill.checks.answers import check, get_checker
 from seqdistill.config import EvalConfig
 from seqdistill.errors import ConfigError
 from seqdistill.io import read_samples
+from seqdistill.prompts import load_prompts
 from seqdistill.stages import generate
 
 
-def run(cfg: EvalConfig) -> dict[str, Any]:
+def check_config(cfg: EvalConfig) -> None:
+    """What can be checked before generating anything: an answer check, and prompts that have references."""
     if cfg.check == "none":
         raise ConfigError("eval needs an answer check: --check math|numeric|choice|exact")
     get_checker(cfg.check)
+    if not any(p.reference for p in load_prompts(cfg.prompts)):
+        raise ConfigError(
+            f"{cfg.prompts.source}: no reference answers to score against "
+            f"(no row has a non-empty '{cfg.prompts.answer_field}'; set prompts.answer_field)"
+        )
+
+
+@generate.one_writer
+def run(cfg: EvalConfig) -> dict[str, Any]:
+    check_config(cfg)  # before any generation: a missing reference must not cost a whole run
     use_student = cfg.prompt == "student"
     gen = generate.run(cfg, use_student_prompt=use_student)
     if gen["interrupted"]:
         return {"interrupted": True, **gen}
     prompts, ids = generate.plan(cfg, use_student_prompt=use_student)
-    if not any(p.reference for p in prompts):
-        raise ConfigError(f"{cfg.prompts.source}: no reference answers (set prompts.answer_field)")
     wanted = set(ids.values())
     verdicts: Counter[str] = Counter()
     per_prompt: dict[str, list[tuple[str | None, bool | None]]] = defaultdict(list)
