@@ -29,7 +29,7 @@ from seqdistill.checks.quality import Length, Refusal, Repetition, Think
 from seqdistill.checks.rules import AnswerCheck, Drop, ExactDuplicate, Rule, Truncated, WellFormed
 from seqdistill.config import FilterConfig
 from seqdistill.errors import ConfigError
-from seqdistill.io import AtomicWriter, read_samples, write_json
+from seqdistill.io import AtomicWriter, check_output, read_samples, write_json
 from seqdistill.progress import progress_bar
 from seqdistill.records import Sample
 
@@ -111,6 +111,7 @@ def run(cfg: FilterConfig) -> dict[str, Any]:
     for written in (output, rejected_path, report_path):  # none of the outputs may overwrite the input
         if written.resolve() == Path(cfg.input).resolve():
             raise ConfigError(f"--output {output} would overwrite the input file {cfg.input}: choose another name")
+        check_output(written, "--output" if written == output else "output")  # never replace a device/FIFO/dir
     rules = build_rules(cfg)
     funnel = _Funnel()
     output.parent.mkdir(parents=True, exist_ok=True)

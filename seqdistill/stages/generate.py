@@ -396,10 +396,12 @@ def _ctrl_c(grace_seconds: float):
             raise Stopped(stop.signum or signum)
         stop.signum = signum
         stop.set()
+        name = "Ctrl-C" if signum == signal.SIGINT else _signal_name(signum)
         log.warning(
-            "%s: sending no new requests; waiting up to %gs for those in flight (Ctrl-C again to abort)",
-            "Ctrl-C" if signum == signal.SIGINT else _signal_name(signum),
+            "%s: sending no new requests; waiting up to %gs for those in flight (%s again to abort)",
+            name,
             grace_seconds,
+            name,
         )
         t = threading.Timer(grace_seconds, lambda: os.kill(owner, signum))
         t.daemon = True
