@@ -13,8 +13,6 @@ import logging
 import os
 import signal
 import sys
-import threading
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,6 +23,7 @@ from rich.markup import escape
 from seqdistill import __version__
 from seqdistill.config import load_pipeline, load_stage
 from seqdistill.errors import SeqdistillError, Stopped
+from seqdistill.signals import stop_signals
 
 app = typer.Typer(
     help="Sequence distillation: sample a teacher, keep the good samples, fine-tune a student.",
@@ -64,7 +63,7 @@ def command(fn):
         from seqdistill.stages.generate import Interrupted
 
         try:
-            with _stop_signals():
+            with stop_signals():
                 fn(*args, **kwargs)
         except (SeqdistillError, Interrupted) as e:
             if os.environ.get("SEQDISTILL_DEBUG"):
@@ -92,54 +91,6 @@ _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, er
 
 def _error(message: str) -> None:
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-
-
-@contextmanager
-def _stop_signals():
-    """SIGTERM and SIGHUP raise `Stopped` in the main thread, so the command unwinds like Ctrl-C.
-
-    `with` blocks clean up on the way out (temporary files removed, CheckPool workers stopped); a signal
-    that arrives while `Stopped` unwinds is ignored, so cleanup finishes (it is bounded; Ctrl-C still
-    interrupts it). Python drops an exception raised where it cannot propagate (a fork hook, a `__del__`):
-    so while the command runs on, the signal is sent again every second. A signal the process was started
-    ignoring (`nohup`) stays ignored. A forked worker (CheckPool) inherits the handler: it dies of the
-    signal as it would by default, and the parent replaces or stops it.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    owner, active, timers = os.getpid(), threading.Event(), []
-
-    def again(signum: int) -> None:
-        if active.is_set():
-            os.kill(owner, signum)
-
-    def handler(signum, frame):
-        if os.getpid() != owner:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        timer = threading.Timer(1.0, again, (signum,))
-        timer.daemon = True
-        timer.start()
-        timers.append(timer)
-        if not isinstance(sys.exc_info()[1], Stopped):  # not already unwinding from it
-            raise Stopped(signum)
-
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
-    active.set()
-    for s, h in previous.items():
-        if h is not signal.SIG_IGN:
-            signal.signal(s, handler)
-    try:
-        yield
-    finally:
-        active.clear()
-        for t in timers:
-            t.cancel()
-        for s, h in previous.items():
-            if h is not signal.SIG_IGN:
-                signal.signal(s, h if h is not None else signal.SIG_DFL)
 
 
 def _show(title: str, summary: dict[str, Any]) -> None:

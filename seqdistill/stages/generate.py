@@ -30,6 +30,7 @@ from seqdistill.models import model_identity
 from seqdistill.progress import progress_bar
 from seqdistill.prompts import PromptItem, load_prompts
 from seqdistill.records import Message, Sample, sample_id
+from seqdistill.signals import STOP_SIGNALS, die_if_forked
 
 log = logging.getLogger(__name__)
 
@@ -361,7 +362,7 @@ def _to_sample(cfg: GenerateConfig, prompt: PromptItem, result: Result, ids: dic
     )
 
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_SIGNALS = (signal.SIGINT, *STOP_SIGNALS)  # Ctrl-C, and what a scheduler or a closed terminal sends
 
 
 def _signal_name(signum: int | None) -> str:
@@ -388,9 +389,7 @@ def _ctrl_c(grace_seconds: float):
     owner = os.getpid()
 
     def handler(signum, frame):
-        if os.getpid() != owner:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
+        if die_if_forked(owner, signum):
             return
         if stop.is_set():
             raise Stopped(stop.signum or signum)
@@ -408,7 +407,7 @@ def _ctrl_c(grace_seconds: float):
         t.start()
         timer.append(t)
 
-    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    previous = {s: signal.getsignal(s) for s in _SIGNALS}
     for s, h in previous.items():
         if h is not signal.SIG_IGN:
             signal.signal(s, handler)
