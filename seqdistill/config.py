@@ -353,6 +353,10 @@ def read_yaml(path: str | None) -> dict[str, Any]:
         raise ConfigError(f"config {path}: no such file")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config {path}: not valid UTF-8 (byte {e.start + 1}); save it as UTF-8 text") from None
+    except OSError as e:
+        raise ConfigError(f"config {path}: cannot read it ({os.strerror(e.errno) if e.errno else e})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

@@ -71,13 +71,17 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 lineno += 1
                 if len(raw) > MAX_LINE_BYTES:
                     raise DataError(
-                        f"{path} line {lineno}: longer than {MAX_LINE_BYTES // 2**20} MiB without a line break "
+                        f"{path} line {lineno}: longer than {_size(MAX_LINE_BYTES)} without a line break "
                         "(is it a JSONL file, one JSON object per line?)"
                     )
                 if obj := _parse_line(path, lineno, raw):
                     yield lineno, obj
     except OSError as e:
         raise os_error(e, path, "read") from None
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:g} MiB" if n >= 2**20 else f"{n} bytes"
 
 
 def _parse_line(path: Path, lineno: int, raw: bytes) -> dict[str, Any] | None:
@@ -188,7 +192,7 @@ def check_output(path: str | Path, flag: str = "--output") -> None:
     path = Path(path)
     try:
         mode = path.stat().st_mode  # follows symlinks: what a write would reach
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # the latter: a file in the way, named below
         mode = None
     except OSError as e:
         raise os_error(e, path, f"use {flag}") from None
@@ -204,6 +208,14 @@ def check_output(path: str | Path, flag: str = "--output") -> None:
     if mode is not None and not os.access(path, os.W_OK):
         raise DataError(f"{flag} {path}: cannot write it ({_why_not_writable(path)})")
     _check_directory(Path(os.path.realpath(path)).parent, flag, path)
+
+
+def check_output_dir(path: str | Path, flag: str = "--output") -> None:
+    """Refuse a directory output (a trained model) that is a file or cannot be created or written, up front."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DataError(f"{flag} {path} is a file: this output is a directory; choose another {flag}")
+    _check_directory(path, flag, path)
 
 
 _KINDS = {
