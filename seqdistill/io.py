@@ -163,6 +163,7 @@ _FIXES = {
     errno.EPERM: "check its permissions, or write elsewhere",
     errno.EISDIR: "give a file name, not a directory",
     errno.ENOTDIR: "a part of the path is a file, not a directory",
+    errno.EEXIST: "a file is in the way of a directory on the path",
     errno.EMFILE: "too many open files: raise `ulimit -n`, or lower --concurrency / --workers",
     errno.ENFILE: "too many open files system-wide: lower --concurrency / --workers",
 }

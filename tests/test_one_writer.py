@@ -328,3 +328,23 @@ def test_lock_refusal_is_a_data_error_in_process(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_train_holds_its_output_dir_on_rank_0_only(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from seqdistill.cli import app
+
+    student = tmp_path / "student"
+    holder = _hold_lock_in_another_process(student / "training_report.json")
+    args = ["train", str(tmp_path / "missing.jsonl"), "--model", "m", "--output", str(student)]
+    try:
+        monkeypatch.delenv("RANK", raising=False)
+        alone = CliRunner().invoke(app, args)
+        monkeypatch.setenv("RANK", "1")  # a torchrun rank other than 0 writes nothing: it takes no lock
+        rank_1 = CliRunner().invoke(app, args)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert alone.exit_code == 1 and f"another seqdistill (pid {holder.pid}) is writing" in alone.stderr
+    assert rank_1.exit_code == 1 and "missing.jsonl: no such file" in rank_1.stderr
