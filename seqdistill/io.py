@@ -175,10 +175,11 @@ def os_error(e: OSError, path: str | Path | None, action: str) -> DataError:
     >>> str(os_error(OSError(28, "No space left on device"), "runs/x.jsonl", "write"))
     'cannot write runs/x.jsonl: No space left on device (free some space or write elsewhere)'
     """
-    where = e.filename if path is None and e.filename is not None else path
+    where = e.filename if path is None else path
     reason = os.strerror(e.errno) if e.errno else str(e)
     fix = _FIXES.get(e.errno or 0)
-    return DataError(f"cannot {action} {where}: {reason}" + (f" ({fix})" if fix else ""))
+    target = f"cannot {action} {where}" if where is not None else f"cannot {action} a file"
+    return DataError(f"{target}: {reason}" + (f" ({fix})" if fix else ""))
 
 
 def check_output(path: str | Path, flag: str = "--output") -> None:

@@ -191,7 +191,15 @@ def _special(tmp_path: Path, kind: str) -> Path:
         path = tmp_path / "out.jsonl"
         path.symlink_to(tmp_path / "d")
     elif kind == "character device":
-        path = Path("/dev/null")  # only ever a path the code must refuse before touching it
+        # a private null device (1, 3) in tmp_path: never the real /dev/null, which a regression (or the old
+        # code, which replaced it) would turn into a regular file for the whole machine
+        if os.geteuid() != 0:
+            pytest.skip("creating a device node needs root")
+        path = tmp_path / "null"
+        try:
+            os.mknod(path, stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        except PermissionError:
+            pytest.skip("creating a device node is not permitted here")
     return path
 
 
@@ -237,8 +245,7 @@ def test_filter_refuses_an_output_that_is_not_a_regular_file(tmp_path, kind):
     line = one_error_line(result.stderr)
     assert str(output) in line
     _assert_untouched(output, kind)
-    if kind != "character device":
-        assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file started
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file started
 
 
 def test_filter_writes_through_a_symlink_to_a_regular_file(tmp_path):
@@ -336,7 +343,7 @@ def test_train_holds_its_output_dir_on_rank_0_only(tmp_path, monkeypatch):
     from seqdistill.cli import app
 
     student = tmp_path / "student"
-    holder = _hold_lock_in_another_process(student / "training_report.json")
+    holder = _hold_lock_in_another_process(student)
     args = ["train", str(tmp_path / "missing.jsonl"), "--model", "m", "--output", str(student)]
     try:
         monkeypatch.delenv("RANK", raising=False)

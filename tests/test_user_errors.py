@@ -161,6 +161,14 @@ def test_config_and_template_not_utf8(tmp_path, server):
     assert server.chat_requests() == []
 
 
+def test_filter_with_a_tokenizer_that_does_not_load(tmp_path):
+    data = write_jsonl(tmp_path / "samples.jsonl", [make_sample("p1")])
+    result = invoke(
+        "filter", str(data), "--check", "numeric", "--set", "tokenizer=/nowhere/tok", "--set", "min_tokens=2"
+    )
+    assert_one_error(result, "tokenizer '/nowhere/tok'", "cannot load it")
+
+
 # --- outputs that cannot be written ------------------------------------------------------------------------------
 
 

@@ -79,7 +79,11 @@ def _token_counter(model: str | None):
 
     from seqdistill.models import resolve_model
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
+    except (OSError, ValueError) as e:  # a missing dir, a hub id that is not cached offline, a bad config
+        first = (str(e).splitlines() or [""])[0][:160]
+        raise ConfigError(f"tokenizer {model!r}: cannot load it ({first}); set tokenizer to a model dir") from None
     return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 

@@ -291,7 +291,7 @@ def _one_writer(fn):
         check_output_dir(cfg.output)
         if os.environ.get("RANK", "0") != "0":
             return fn(cfg)
-        with exclusive_lock(Path(cfg.output) / "training_report.json"):
+        with exclusive_lock(cfg.output):  # `.NAME.lock` beside the dir: nothing is created in it before training
             return fn(cfg)
 
     return wrapper
