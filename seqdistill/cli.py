@@ -2,13 +2,16 @@
 
 Only this module prints. A `SeqdistillError` becomes one red line and exit code 1 (SEQDISTILL_DEBUG=1
 shows the traceback); heavy libraries are imported inside commands so `--help` stays instant.
+SIGTERM and SIGHUP unwind a command like Ctrl-C (exit 143 / 129, 130 for Ctrl-C); see docs/robustness.md.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,7 +23,8 @@ from rich.markup import escape
 from seqdistill import __version__
 from seqdistill.checks.answers.registry import check_names_text
 from seqdistill.config import load_pipeline, load_stage
-from seqdistill.errors import SeqdistillError
+from seqdistill.errors import SeqdistillError, Stopped
+from seqdistill.signals import stop_signals
 
 app = typer.Typer(
     help="Sequence distillation: sample a teacher, keep the good samples, fine-tune a student.",
@@ -67,7 +71,7 @@ def _setup_logging() -> None:
 
 
 def command(fn):
-    """Run a command with user errors as one red line and exit 1; Ctrl-C aborts with exit 130."""
+    """Run a command with user errors as one red line and exit 1; a stop signal unwinds it (exit 128 + signal)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> None:
@@ -75,17 +79,34 @@ def command(fn):
         from seqdistill.stages.generate import Interrupted
 
         try:
-            fn(*args, **kwargs)
+            with stop_signals():
+                fn(*args, **kwargs)
         except (SeqdistillError, Interrupted) as e:
             if os.environ.get("SEQDISTILL_DEBUG"):
                 raise
-            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(130 if isinstance(e, Interrupted) else 1) from None
-        except KeyboardInterrupt:
-            err.print("[bold red]interrupted[/]")
-            raise typer.Exit(130) from None
+            _error(str(e))
+            raise typer.Exit(e.exit_code if isinstance(e, Interrupted) else 1) from None
+        except KeyboardInterrupt as e:
+            name = e.name if isinstance(e, Stopped) else "Ctrl-C"
+            err.print(f"[bold red]interrupted[/] by {name}: finished outputs are kept; run the same command again")
+            raise typer.Exit(e.exit_code if isinstance(e, Stopped) else 130) from None
+        except OSError as e:  # last resort: an I/O error the stage did not name (it should raise DataError)
+            if os.environ.get("SEQDISTILL_DEBUG") or (e.filename is None and e.errno not in _ENVIRONMENT_ERRNOS):
+                raise
+            from seqdistill.io import os_error
+
+            _error(str(os_error(e, None, "access")))
+            raise typer.Exit(1) from None
 
     return wrapper
+
+
+# I/O errors that say something about the machine (not a bug), worth one line even without a file name
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EMFILE, errno.ENFILE, errno.EIO}
+
+
+def _error(message: str) -> None:
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def _show(title: str, summary: dict[str, Any]) -> None:
@@ -99,9 +120,14 @@ def _show(title: str, summary: dict[str, Any]) -> None:
 
 
 def _stopped(summary: dict[str, Any]) -> None:
+    """A run stopped by a signal: say what was kept and exit 128 + the signal (130 Ctrl-C, 143 TERM, 129 HUP)."""
     if summary.get("interrupted"):
-        err.print(f"stopped: {summary.get('generated', 0)} new samples kept; run the same command to resume")
-        raise typer.Exit(130)
+        name = summary.get("stopped_by") or "SIGINT"
+        shown = "Ctrl-C" if name == "SIGINT" else name
+        err.print(
+            f"stopped by {shown}: {summary.get('generated', 0)} new samples kept; run the same command to resume"
+        )
+        raise typer.Exit(128 + signal.Signals[name])
 
 
 @app.command("generate")
@@ -280,7 +306,8 @@ def run_cmd(
     from seqdistill.stages import pipeline
 
     summary = pipeline.run(load_pipeline(config, set_))
-    _stopped(summary["generate"])
+    for stage in (summary["generate"], *summary.get("eval", {}).values()):
+        _stopped(stage)
     out.print(summary_table(summary))
 
 

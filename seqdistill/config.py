@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -125,6 +126,18 @@ class GenerateConfig(_Config):
         i, sep, n = value.partition("/")
         if not (sep and i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
             raise ValueError(f"shard must be 'I/N' with 0 <= I < N, e.g. 0/4 (got {value!r})")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_credentials_in_url(cls, value: str | list[str]) -> str | list[str]:
+        # never echo the URL: the message would carry the password into logs and terminals
+        for url in [value] if isinstance(value, str) else value:
+            if "@" in urlsplit(url).netloc:
+                raise ValueError(
+                    "credentials in the URL (user:password@host) are not supported: they would end up in logs and "
+                    "manifests; remove them and put the key in an environment variable named by api_key_env"
+                )
         return value
 
     @model_validator(mode="after")
@@ -446,6 +459,10 @@ def read_yaml(path: str | None) -> dict[str, Any]:
         raise ConfigError(f"config {path}: no such file")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config {path}: not valid UTF-8 (byte {e.start + 1}); save it as UTF-8 text") from None
+    except OSError as e:
+        raise ConfigError(f"config {path}: cannot read it ({os.strerror(e.errno) if e.errno else e})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""

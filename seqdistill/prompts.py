@@ -40,7 +40,10 @@ def _template(spec: str | None) -> jinja2.Template:
         path = Path(spec)
         if not path.is_file():
             raise ConfigError(f"template {spec}: no such file")
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"template {spec}: not valid UTF-8 (byte {e.start + 1}); save it as UTF-8") from None
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
     try:
         return env.from_string(text)

@@ -18,21 +18,32 @@ from seqdistill.checks.pool import CheckPool
 from seqdistill.config import EvalConfig
 from seqdistill.errors import ConfigError
 from seqdistill.io import read_samples
+from seqdistill.prompts import load_prompts
 from seqdistill.stages import generate
 
 
-def run(cfg: EvalConfig) -> dict[str, Any]:
+def check_config(cfg: EvalConfig) -> Check:
+    """What can be checked before generating anything: the answer check and its options, prompts with references."""
     if cfg.check == NONE:
         raise ConfigError(f"eval needs an answer check: --check {'|'.join(n for n in CHECK_NAMES if n != NONE)}")
+    check = get_check(cfg.check, **options_from_config(cfg.check, cfg))
+    if not any(p.reference for p in load_prompts(cfg.prompts)):
+        raise ConfigError(
+            f"{cfg.prompts.source}: no reference answers to score against "
+            f"(no row has a non-empty '{cfg.prompts.answer_field}'; set prompts.answer_field)"
+        )
+    return check
+
+
+@generate.one_writer
+def run(cfg: EvalConfig) -> dict[str, Any]:
+    check = check_config(cfg)  # before any generation: a missing reference must not cost a whole run
     options = options_from_config(cfg.check, cfg)
-    check = get_check(cfg.check, **options)  # bad options stop the run before anything is generated
     use_student = cfg.prompt == "student"
     gen = generate.run(cfg, use_student_prompt=use_student)
     if gen["interrupted"]:
         return {"interrupted": True, **gen}
     prompts, ids = generate.plan(cfg, use_student_prompt=use_student)
-    if not any(p.reference for p in prompts):
-        raise ConfigError(f"{cfg.prompts.source}: no reference answers (set prompts.answer_field)")
     verdicts: Counter[str] = Counter()
     per_prompt: dict[str, list[tuple[str | None, bool | None]]] = defaultdict(list)
     prompt_ids: deque[str] = deque()  # the prompt of each sample handed to the pool, in order

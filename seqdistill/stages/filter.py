@@ -32,7 +32,7 @@ from seqdistill.checks.quality import Length, Refusal, Repetition, Think
 from seqdistill.checks.rules import AnswerCheck, Drop, DuplicateId, ExactDuplicate, Rule, Truncated, WellFormed
 from seqdistill.config import FilterConfig
 from seqdistill.errors import ConfigError
-from seqdistill.io import AtomicWriter, read_samples, write_json
+from seqdistill.io import AtomicWriter, check_output, read_samples, write_json
 from seqdistill.progress import progress_bar
 from seqdistill.records import Sample
 
@@ -79,7 +79,11 @@ def _token_counter(model: str | None):
 
     from seqdistill.models import resolve_model
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
+    except (OSError, ValueError) as e:  # a missing dir, a hub id that is not cached offline, a bad config
+        first = (str(e).splitlines() or [""])[0][:160]
+        raise ConfigError(f"tokenizer {model!r}: cannot load it ({first}); set tokenizer to a model dir") from None
     return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -111,6 +115,7 @@ def run(cfg: FilterConfig) -> dict[str, Any]:
     for written in (output, rejected_path, report_path):  # none of the outputs may overwrite the input
         if written.resolve() == Path(cfg.input).resolve():
             raise ConfigError(f"--output {output} would overwrite the input file {cfg.input}: choose another name")
+        check_output(written, "--output" if written == output else "output")  # never replace a device/FIFO/dir
     rules = build_rules(cfg)
     funnel = _Funnel()
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from seqdistill import __version__
 from seqdistill.errors import ConfigError, DataError, SeqdistillError
@@ -126,16 +127,18 @@ def gather(run_dir: Path) -> RunFacts:
     f, t, g = (summary.get(k) or {} for k in ("filter", "train", "generate"))
     facts.kept = _locate(facts, f.get("output"), "kept.jsonl")
     facts.kept_name = Path(f.get("output") or "kept.jsonl").name
-    facts.filter = f if f.get("funnel") else _read_json(_locate(facts, f.get("report"), "kept.report.json"))
+    facts.filter = (
+        f if f.get("funnel") else _read_json(_locate(facts, f.get("report"), "kept.report.json"), FilterPart)
+    )
     facts.student = _locate(facts, t.get("output"), "student")
     if t:
         facts.train = t
     elif facts.student:
-        facts.train = _read_json(facts.student / "training_report.json")
+        facts.train = _read_json(facts.student / "training_report.json", TrainPart)
     facts.evals = summary.get("eval") or {}
     samples = _locate(facts, g.get("output"), "samples.jsonl")
     if samples:
-        facts.manifest = _read_json(samples.with_name(f"{samples.stem}.manifest.json"))
+        facts.manifest = _read_json(samples.with_name(f"{samples.stem}.manifest.json"), ManifestPart)
     return facts
 
 
@@ -153,6 +156,8 @@ def _load_summary(run_dir: Path) -> dict[str, Any]:
         raise DataError(f"{path}: unreadable ({e}); rerun `seqdistill run --config <recipe>` to rewrite it") from None
     if not isinstance(summary, dict):
         raise DataError(f"{path}: expected a JSON object; rerun `seqdistill run --config <recipe>` to rewrite it")
+    if problem := _type_problem(SummaryFile, summary):
+        raise DataError(f"{path}: {problem}; rerun `seqdistill run --config <recipe>` to rewrite it")
     return summary
 
 
@@ -173,8 +178,8 @@ def _locate(facts: RunFacts, given: str | None, default: str) -> Path | None:
     return next((p for p in candidates if p.exists()), None)
 
 
-def _read_json(path: Path | None) -> dict[str, Any] | None:
-    """A JSON object from `path`, or None (logged) when it is absent or unreadable: reports are optional."""
+def _read_json(path: Path | None, schema: type[BaseModel]) -> dict[str, Any] | None:
+    """A JSON object from `path`, or None (logged) when absent, unreadable or wrong-typed: reports are optional."""
     if path is None or not path.is_file():
         return None
     try:
@@ -182,7 +187,108 @@ def _read_json(path: Path | None) -> dict[str, Any] | None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         log.warning("%s: cannot read it (%s); leaving it out of the report", path, e)
         return None
-    return obj if isinstance(obj, dict) else None
+    if not isinstance(obj, dict):
+        return None
+    if problem := _type_problem(schema, obj):
+        log.warning("%s: %s; leaving it out of the report", path, problem)
+        return None
+    return obj
+
+
+# ---- the shapes the report reads: checked up front, so a hand-edited or foreign file is one line, not a crash ---
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class FunnelRow(_Part):
+    rule: str
+    in_: int = Field(alias="in")
+    dropped: int
+    kept: int
+    examples: list[dict[str, str]] | None = None
+
+
+class FilterPart(_Part):
+    output: str | None = None
+    report: str | None = None
+    funnel: list[FunnelRow] | None = None
+    total: int | None = None
+    kept: int | None = None
+    answer_check: dict[str, Any] | None = None
+
+
+class GeneratePart(_Part):
+    output: str | None = None
+    prompts: int | None = None
+    requested: int | None = None
+    generated: int | None = None
+    truncated: int | None = None
+    failed: int | None = None
+    interrupted: bool | None = None
+
+
+class LossPoint(_Part):
+    step: float
+    loss: float | None = None
+
+
+class KdPart(_Part):
+    alpha: float | None = None
+    temperature: float | None = None
+    k: int | None = None
+    coverage: float | None = None
+
+
+class TrainPart(_Part):
+    model: str | None = None
+    output: str | None = None
+    loss_history: list[LossPoint] | None = None
+    eval_loss: float | None = None
+    kd: KdPart | None = None
+
+
+class EvalPart(_Part):
+    model: str | None = None
+    samples: int | None = None
+    accuracy: float | None = None
+    majority_accuracy: float | None = None
+    interrupted: bool | None = None
+
+
+class EvalsPart(_Part):  # the evals the report shows; other keys (e.g. comparisons) are not its business
+    teacher: EvalPart | None = None
+    student_before: EvalPart | None = None
+    student_after: EvalPart | None = None
+    student_reference: EvalPart | None = None
+
+
+class SummaryFile(_Part):
+    run_dir: str | None = None
+    generate: GeneratePart | None = None
+    filter: FilterPart | None = None
+    train: TrainPart | None = None
+    eval: EvalsPart | None = None
+
+
+class ManifestPart(_Part):
+    teacher: dict[str, Any] | None = None
+    sampling: dict[str, Any] | None = None
+    n: int | None = None
+    prompts_source: str | None = None
+
+
+def _type_problem(schema: type[BaseModel], obj: dict[str, Any]) -> str | None:
+    """'field generate.prompts: Input should be a valid integer (got "lots")', or None when `obj` fits."""
+    try:
+        schema.model_validate(obj)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "the top level"
+        got = json.dumps(first.get("input"), default=str)
+        return f"field {loc}: {first['msg']} (got {got[:60]})"
+    return None
 
 
 # ---- completion lengths --------------------------------------------------------------------------------------

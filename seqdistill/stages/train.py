@@ -11,6 +11,7 @@ With `kd_alpha` > 0 the loss adds Hinton's soft targets from the teacher's top-k
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -20,7 +21,7 @@ from typing import Any
 
 from seqdistill.config import TrainConfig
 from seqdistill.errors import ConfigError, DataError
-from seqdistill.io import read_samples, write_json
+from seqdistill.io import check_output_dir, exclusive_lock, read_samples, write_json
 from seqdistill.records import Sample
 from seqdistill.stages.preflight import render, run_preflight
 
@@ -318,6 +319,24 @@ def check(cfg: TrainConfig) -> dict[str, Any]:
     return report
 
 
+def _one_writer(fn):
+    """Check the output dir before any work and hold it (an OS lock) while training: one training per output.
+
+    Under torchrun every rank runs this: only rank 0, the one that writes, takes the lock.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(cfg: TrainConfig) -> dict[str, Any]:
+        check_output_dir(cfg.output)
+        if os.environ.get("RANK", "0") != "0":
+            return fn(cfg)
+        with exclusive_lock(cfg.output):  # `.NAME.lock` beside the dir: nothing is created in it before training
+            return fn(cfg)
+
+    return wrapper
+
+
+@_one_writer
 def run(cfg: TrainConfig) -> dict[str, Any]:
     examples = _inputs(cfg)
     from seqdistill.models import load_model
