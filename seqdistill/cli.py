@@ -68,8 +68,23 @@ def command(fn):
         except KeyboardInterrupt:
             err.print("[bold red]interrupted[/]")
             raise typer.Exit(130) from None
+        except ModuleNotFoundError as e:  # an optional extra's library reached by a path no check guards
+            from seqdistill.extras import EXTRA_OF, installed, missing_extra
+
+            root = (e.name or "").split(".")[0]
+            if os.environ.get("SEQDISTILL_DEBUG") or root not in EXTRA_OF or installed(root):
+                raise  # not a missing extra: a bug, shown with its traceback
+            err.print(
+                f"[bold red]error:[/] {escape(str(missing_extra(_name(fn), root)))}", highlight=False, soft_wrap=True
+            )
+            raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _name(fn) -> str:
+    """The command's name as typed (`train_cmd` -> `train`)."""
+    return fn.__name__.removesuffix("_cmd")
 
 
 def _show(title: str, summary: dict[str, Any]) -> None:

@@ -101,7 +101,6 @@ def test_kept_file_trains_with_plain_trl(tiny_model, tmp_path):
         use_cpu=True,
         bf16=False,
         save_strategy="no",
-        activation_checkpointing=False,
     )
     trainer = SFTTrainer(
         model=AutoModelForCausalLM.from_pretrained(tiny_model),

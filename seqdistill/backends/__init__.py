@@ -15,7 +15,7 @@ BACKENDS = {
     "transformers": "seqdistill.backends.transformers_local:TransformersBackend",
     "vllm": "seqdistill.backends.vllm_offline:VLLMBackend",
 }
-EXTRAS = {"vllm": "vllm"}
+EXTRAS = {"vllm": "vllm", "transformers": "train"}
 
 
 def resolve_backend(name: str) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from seqdistill.config import EvalConfig, GenerateConfig, PipelineConfig
+from seqdistill.extras import require
 from seqdistill.io import read_samples, write_atomic, write_json
 from seqdistill.records import Message, Sample
 from seqdistill.stages import evaluate, filter, generate, train
@@ -74,6 +75,7 @@ def reference_samples(samples_path: str, output: Path) -> int:
 
 
 def run(cfg: PipelineConfig) -> dict[str, Any]:
+    require("run (the recipe trains a student)")  # say so before the teacher is sampled, not after
     summary: dict[str, Any] = {"run_dir": cfg.run_dir}
     log.info("generate: teacher %s (%s) -> %s", cfg.generate.model, cfg.generate.backend, cfg.generate.output)
     summary["generate"] = generate.run(cfg.generate)
