@@ -70,11 +70,21 @@ def _digest() -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
+def _source(dest: Path) -> Path:
+    """What a source distribution of the checkout holds, copied: pip builds in the source tree, and a stale
+    `build/` there could slip old files into the wheel."""
+    shutil.copytree(ROOT / "seqdistill", dest / "seqdistill", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, dest / name)
+    return dest
+
+
 def _build_venv(venv: Path) -> None:
     """`pip install <checkout>` with no extras into a new venv, then drop seqdistill itself (each run adds its own)."""
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     python = venv / "bin" / "python"
-    _pip(python, "install", "--quiet", "--no-compile", str(ROOT))
+    with tempfile.TemporaryDirectory() as tmp:
+        _pip(python, "install", "--quiet", "--no-compile", str(_source(Path(tmp))))
     _pip(python, "uninstall", "--quiet", "--yes", "seqdistill")
 
 
@@ -102,9 +112,9 @@ def _core_venv(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def core(tmp_path_factory) -> Core:
     venv = _core_venv(tmp_path_factory)
-    site = tmp_path_factory.mktemp("core-site")
+    site, src = tmp_path_factory.mktemp("core-site"), _source(tmp_path_factory.mktemp("core-src"))
     python = venv / "bin" / "python"
-    _pip(python, "install", "--quiet", "--no-deps", "--no-compile", "--target", str(site), str(ROOT))
+    _pip(python, "install", "--quiet", "--no-deps", "--no-compile", "--target", str(site), str(src))
     return Core(python=python, site=site)
 
 
