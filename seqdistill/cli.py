@@ -97,6 +97,14 @@ def command(fn):
 
             _error(str(os_error(e, None, "access")))
             raise typer.Exit(1) from None
+        except ModuleNotFoundError as e:  # an optional extra's library reached by a path no check guards
+            from seqdistill.extras import EXTRA_OF, installed, missing_extra
+
+            root = (e.name or "").split(".")[0]
+            if os.environ.get("SEQDISTILL_DEBUG") or root not in EXTRA_OF or installed(root):
+                raise  # not a missing extra: a bug, shown with its traceback
+            _error(str(missing_extra(_name(fn), root)))
+            raise typer.Exit(1) from None
 
     return wrapper
 
@@ -107,6 +115,11 @@ _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, er
 
 def _error(message: str) -> None:
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _name(fn) -> str:
+    """The command's name as typed (`train_cmd` -> `train`)."""
+    return fn.__name__.removesuffix("_cmd")
 
 
 def _show(title: str, summary: dict[str, Any]) -> None:

@@ -32,6 +32,7 @@ from seqdistill.checks.quality import Length, Refusal, Repetition, Think
 from seqdistill.checks.rules import AnswerCheck, Drop, DuplicateId, ExactDuplicate, Rule, Truncated, WellFormed
 from seqdistill.config import FilterConfig
 from seqdistill.errors import ConfigError
+from seqdistill.extras import require
 from seqdistill.io import AtomicWriter, check_output, read_samples, write_json
 from seqdistill.progress import progress_bar
 from seqdistill.records import Sample
@@ -75,6 +76,7 @@ def _token_counter(model: str | None):
     """Token count with the student's tokenizer, or None (the Length rule then counts words)."""
     if model is None:
         return None
+    require(f"filter's token counts (tokenizer: {model}; unset it to count words)", "transformers")
     from transformers import AutoTokenizer
 
     from seqdistill.models import resolve_model

@@ -21,6 +21,7 @@ from typing import Any
 from seqdistill.checks.answers import get_check, options_from_config
 from seqdistill.config import EvalConfig, GenerateConfig, PipelineConfig, api_key
 from seqdistill.errors import ConfigError
+from seqdistill.extras import require
 from seqdistill.io import check_output, exclusive_lock, read_samples, read_table, write_atomic, write_json
 from seqdistill.models import BUNDLED
 from seqdistill.prompts import load_prompts
@@ -90,6 +91,7 @@ def check(cfg: PipelineConfig) -> None:
     running shows (a server that is down, a tokenizer that does not load, memory).
     """
     g, f, t = cfg.generate, cfg.filter, cfg.train
+    require("run (the recipe trains a student)")  # say so before the teacher is sampled, not after
     if next(iter(load_prompts(g.prompts)), None) is None:
         raise ConfigError(f"generate.prompts.source {g.prompts.source}: no prompts")
     if g.backend == "openai":

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from seqdistill import __version__
 from seqdistill.errors import ConfigError, DataError, SeqdistillError
+from seqdistill.extras import installed
 from seqdistill.io import read_samples, write_atomic, write_bytes
 from seqdistill.models import resolve_model
 from seqdistill.records import Sample
@@ -334,6 +335,9 @@ def length_counter(facts: RunFacts) -> tuple[LengthFn, str]:
         candidates.append((str(facts.student), f"tokens (trained student's tokenizer, {facts.student})"))
     if base := (facts.train or {}).get("model"):
         candidates.append((base, f"tokens (base student model's tokenizer, {base})"))
+    if candidates and not installed("transformers"):  # the core install: words, and how to get tokens
+        log.info("completion lengths in words: token counts need `pip install 'seqdistill[train]'`")
+        return _words, "whitespace-separated words (token counts need `pip install 'seqdistill[train]'`)"
     for name, unit in candidates:
         if (tokenizer := load_tokenizer(name)) is not None:
 
@@ -341,7 +345,11 @@ def length_counter(facts: RunFacts) -> tuple[LengthFn, str]:
                 return [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
 
             return count, unit
-    return (lambda texts: [len(t.split()) for t in texts]), "whitespace-separated words (no tokenizer could be loaded)"
+    return _words, "whitespace-separated words (no tokenizer could be loaded)"
+
+
+def _words(texts: list[str]) -> list[int]:
+    return [len(t.split()) for t in texts]
 
 
 def load_tokenizer(name: str):
