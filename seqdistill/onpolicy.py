@@ -251,10 +251,16 @@ def round_prompts(pool: list[PromptPair], cfg: TrainConfig, r: int) -> list[Prom
 
 
 def _settings(cfg: TrainConfig) -> dict[str, Any]:
-    """The settings a checkpoint belongs to: resuming under different ones would mix two runs."""
+    """The settings a checkpoint belongs to (flat keys): resuming under different ones would mix two runs.
+
+    Batch sizes of the sampler and the scorer are left out: they change speed, not what is trained.
+    """
     keys = ("model", "input", "learning_rate", "batch_size", "gradient_accumulation_steps", "lr_scheduler_type",
-            "warmup_ratio", "seed", "dtype", "bf16", "reasoning", "onpolicy")  # fmt: skip
-    return json.loads(json.dumps(cfg.model_dump(include=set(keys)), sort_keys=True, default=str))
+            "warmup_ratio", "seed", "dtype", "bf16", "reasoning")  # fmt: skip
+    flat = cfg.model_dump(include=set(keys))
+    skip = {"sample_batch_size", "teacher_batch_size"}
+    flat.update({f"onpolicy.{k}": v for k, v in cfg.onpolicy.model_dump().items() if k not in skip})
+    return json.loads(json.dumps(flat, sort_keys=True, default=str))
 
 
 # ---------------------------------------------------------------- one round
