@@ -245,7 +245,7 @@ def test_onpolicy_rounds_lower_the_reverse_kl_on_heldout_prompts(pair, tmp_path)
     before = reverse_kl_on(student, teacher, HELDOUT)
     report = onpolicy.run(_onpolicy_cfg(kept, student, tmp_path / "out"))
     after = reverse_kl_on(str(tmp_path / "out"), teacher, HELDOUT)
-    # Measured: 3.45 → 1.41-1.44 nats/token (seeds 1, 42); a margin well inside that
+    # Measured: 3.45 → 1.15-1.54 nats/token over training seeds 1-5 (after/before 0.33-0.45): a wide margin
     assert after < 0.7 * before, (before, after)
     rounds = report["rounds"]
     assert [r["round"] for r in rounds] == [1, 2, 3, 4]
