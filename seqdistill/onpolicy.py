@@ -448,7 +448,7 @@ def rollout_record(ctx: Context, r: int, x: Rollout) -> Sample:
     if x.prompt.teacher_messages != x.prompt.messages:
         meta["teacher_prompt"] = x.prompt.teacher_messages
     return Sample(
-        id=sample_id(f"{ctx.cfg.model}@onpolicy-round-{r}", x.prompt.messages, sampling, x.index),
+        id=sample_id(f"{ctx.cfg.model}@onpolicy-round-{r}/{x.prompt.id}", x.prompt.messages, sampling, x.index),
         prompt_id=x.prompt.id, sample_index=x.index, prompt=[Message(**m) for m in x.prompt.messages],
         completion=[Message(role="assistant", content=tok.decode(ids, skip_special_tokens=True).strip())],
         reference=x.prompt.reference, finish_reason=x.completion.finish_reason,

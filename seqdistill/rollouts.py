@@ -89,15 +89,21 @@ class TransformersSampler(StudentSampler):
                 input_ids, attention = left_pad([prompts[i] for i, _ in batch], pad, device)
                 with torch.autocast(device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
                     generated = self.model.generate(
-                        input_ids=input_ids, attention_mask=attention, do_sample=True, temperature=temperature,
-                        top_p=top_p, top_k=0, max_new_tokens=max_tokens, pad_token_id=pad,
-                        eos_token_id=sorted(self.ends),
+                        input_ids=input_ids, attention_mask=attention, max_new_tokens=max_tokens, pad_token_id=pad,
+                        eos_token_id=sorted(self.ends), **self.neutral(temperature, top_p),
                     )  # fmt: skip
                 for (i, j), ids in zip(batch, generated[:, input_ids.shape[1] :].tolist(), strict=True):
                     out[i][j] = _cut(ids, self.ends)
         finally:
             self.model.train(was_training)
         return out  # type: ignore[return-value]
+
+    @staticmethod
+    def neutral(temperature: float, top_p: float) -> dict:
+        """Sampling from the model's distribution (temperature, top_p only): a checkpoint's generation_config
+        (e.g. a repetition penalty, a top-k) would otherwise fill the unset fields and bend the samples."""
+        return {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0, "min_p": 0.0,
+                "typical_p": 1.0, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0}  # fmt: skip
 
 
 class VLLMSampler(StudentSampler):

@@ -401,3 +401,11 @@ def test_onpolicy_config_keys_and_refusals(tmp_path):
         load_stage("train", None, None, ["objective=onpolicy", "onpolicy.lmbda=0.5"])
     with pytest.raises(ConfigError, match="onpolicy.sft_share"):
         load_stage("train", None, None, ["onpolicy.sft_share=1"])
+
+
+def test_docs_describe_every_onpolicy_key():
+    from seqdistill.config import OnPolicyConfig
+
+    text = (ROOT / "docs" / "onpolicy.md").read_text(encoding="utf-8")
+    missing = [k for k in OnPolicyConfig.model_fields if f"| `onpolicy.{k}` |" not in text]
+    assert not missing, f"docs/onpolicy.md lacks {missing}"
