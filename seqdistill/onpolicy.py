@@ -179,8 +179,11 @@ def teacher_name(cfg: TrainConfig) -> str:
         return cfg.onpolicy.teacher
     if cfg.input:
         first = next(iter(read_samples(cfg.input)), None)
-        if first is not None and first.teacher.model:
-            return first.teacher.model
+        name = first.teacher.model if first is not None else None
+        if first is not None and getattr(first.teacher, "role", None) == "student":  # a rollouts file: its teacher
+            name = (first.meta.get("onpolicy") or {}).get("teacher")
+        if name:
+            return str(name)
     raise ConfigError("objective onpolicy needs a teacher: set onpolicy.teacher (a model dir or bundled:smollm2)")
 
 
