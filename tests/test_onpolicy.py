@@ -282,8 +282,10 @@ def test_jsd_loss_with_sft_steps_trains_and_writes_the_teachers_top_k(pair, tmp_
     assert report["rounds"][0]["steps"] == 1 and report["rounds"][0]["sft_steps"] == 1
     assert {h["kind"] for h in report["loss_history"]} == {"onpolicy", "sft"}
     assert all(math.isfinite(h["loss"]) for h in report["loss_history"])
-    samples = list(read_samples(tmp_path / "out" / "onpolicy" / "rollouts-round-0001.jsonl"))
+    rollouts = tmp_path / "out" / "onpolicy" / "rollouts-round-0001.jsonl"
+    samples = list(read_samples(rollouts))
     assert all(len(step) == 5 for s in samples for step in s.meta["logprobs"]["top"])
+    assert onpolicy.teacher_name(TrainConfig(input=str(rollouts))) == teacher  # not the student who wrote them
     from safetensors.torch import load_file
 
     old, new = load_file(Path(student) / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
