@@ -158,14 +158,14 @@ def test_topk_jsd_ignores_missing_entries_and_masked_positions_with_finite_gradi
 # ---------------------------------------------------------------- tiny models: teacher ≠ student
 
 
-def _sft(model_dir: str, out: Path, steps: int) -> str:
-    """A few SFT steps (lr 1e-2) teaching the tiny model to answer 'yes yes yes yes' to sums."""
+def _sft(model_dir: str, saves: dict[int, Path]) -> None:
+    """SFT steps (lr 1e-2) teaching the tiny model to answer 'yes yes yes yes' to sums, saved after given steps."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for step in range(steps):
+    for step in range(max(saves)):
         question = [{"role": "user", "content": f"What is {step % 7} + {step % 5}?"}]
         ids = tok.apply_chat_template(question + [{"role": "assistant", "content": "yes yes yes yes"}])["input_ids"]
         start = len(tok.apply_chat_template(question, add_generation_prompt=True)["input_ids"])
@@ -175,17 +175,18 @@ def _sft(model_dir: str, out: Path, steps: int) -> str:
         model(input_ids=ids, labels=labels).loss.backward()
         opt.step()
         opt.zero_grad()
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
+        if step + 1 in saves:
+            model.save_pretrained(saves[step + 1])
+            tok.save_pretrained(saves[step + 1])
 
 
 @pytest.fixture(scope="module")
 def pair(tiny_model, tmp_path_factory) -> tuple[str, str]:
     """(student, teacher) from one tiny model: the teacher learnt the answer pattern (40 SFT steps), the
-    student only started to (14 steps), so the student's samples sometimes hit what the teacher prefers."""
+    student only started to (the same run after 14 steps), so its samples sometimes hit what the teacher prefers."""
     d = tmp_path_factory.mktemp("pair")
-    return _sft(tiny_model, d / "student", 14), _sft(tiny_model, d / "teacher", 40)
+    _sft(tiny_model, {14: d / "student", 40: d / "teacher"})
+    return str(d / "student"), str(d / "teacher")
 
 
 def _prompts_file(path: Path, teacher: str, questions: list[str], teacher_prompt: bool = False) -> Path:
