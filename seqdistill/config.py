@@ -233,6 +233,73 @@ class FilterConfig(_Config):
         return src.with_name(src.stem + ".kept.jsonl")
 
 
+class OnPolicyConfig(_Config):
+    """`train` with `objective: onpolicy`: rounds of student sampling, teacher scoring and reverse-KL steps.
+
+    The optimizer keys of `train` apply (`learning_rate`, `batch_size` rollouts per micro-batch,
+    `gradient_accumulation_steps`, `lr_scheduler_type`, `warmup_ratio`, `seed`, `dtype`, `bf16`).
+    """
+
+    teacher: str | None = Field(
+        None,
+        description="Teacher scoring the student's tokens (HF dir, hub id, bundled:smollm2); "
+        "default: the teacher model named by the input samples.",
+    )
+    teacher_backend: Literal["transformers", "openai", "vllm"] = Field(
+        "transformers",
+        description="How the teacher scores: transformers (in-process), openai (a server with prompt logprobs, "
+        "e.g. vllm serve), vllm (in-process); the last two through `seqdistill score`'s backends.",
+    )
+    teacher_base_url: str | list[str] | None = Field(
+        None, description="teacher_backend openai: the server(s), e.g. http://127.0.0.1:8000/v1."
+    )
+    teacher_api_key_env: str | None = Field(
+        None, description="teacher_backend openai: env var holding the server's API key (never written anywhere)."
+    )
+    teacher_dtype: str = Field("float32", description="Teacher weights dtype (in-process teachers).")
+    teacher_batch_size: int = Field(16, ge=1, description="Rollouts per teacher forward pass.")
+    sampler: Literal["transformers", "vllm"] = Field(
+        "transformers",
+        description="Student sampling engine: transformers (in-process, current weights) or vllm (in-process on a "
+        "GPU, the current weights loaded each round; untested without a GPU).",
+    )
+    sample_batch_size: int = Field(32, ge=1, description="Rollouts per generation batch (transformers sampler).")
+    rounds: int = Field(4, ge=1, description="Rounds of sample → score → train.")
+    prompts_per_round: int = Field(32, ge=1, description="Prompts the student answers each round (cycling the pool).")
+    n: int = Field(2, ge=1, description="Student samples per prompt each round.")
+    temperature: float = Field(
+        1.0, gt=0, description="Student sampling temperature (1: samples from the policy the loss assumes)."
+    )
+    top_p: float = Field(1.0, gt=0, le=1, description="Student nucleus sampling (1: off).")
+    max_tokens: int = Field(256, ge=1, description="Maximum new tokens per student sample; longer ones are cut.")
+    steps_per_round: int | None = Field(
+        None, ge=1, description="Optimizer steps per round (cycling the round's rollouts); default: one pass."
+    )
+    loss: Literal["reverse_kl", "jsd"] = Field(
+        "reverse_kl",
+        description="reverse_kl: sampled-token estimator, needs the teacher's logprob of each student token; "
+        "jsd: generalized JSD on the teacher's top-k (+ the rest as one bucket), weighted by beta.",
+    )
+    beta: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="jsd: 0 = forward KL(teacher‖student), 1 = reverse KL(student‖teacher) (TRL's GKD).",
+    )
+    top_k: int = Field(20, ge=1, description="jsd: how many of the teacher's top tokens per position.")
+    sft_share: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Share of optimizer steps that are cross-entropy on the input's teacher samples "
+        "(GKD's lambda is 1 - sft_share).",
+    )
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    prompts: PromptsConfig | None = Field(
+        None, description="Prompt source (student and teacher renderings); default: the input samples' prompts."
+    )
+
+
 class TrainConfig(_Config):
     input: str | None = Field(None, description="Kept samples file.")
     model: str | None = Field(None, description="Student: HF model dir or bundled:smollm2.")
@@ -296,6 +363,12 @@ class TrainConfig(_Config):
         description="Teacher tokenizer checked against the student's before soft-target training; "
         "default: the samples' teacher model.",
     )
+    objective: Literal["sft", "onpolicy"] = Field(
+        "sft",
+        description="sft: cross-entropy on the samples (plus soft targets with kd_alpha); onpolicy: the student "
+        "samples, the teacher scores its tokens, the student lowers the per-token reverse KL (see onpolicy.*).",
+    )
+    onpolicy: OnPolicyConfig = Field(default_factory=OnPolicyConfig)
 
     @model_validator(mode="after")
     def _check_kd(self) -> TrainConfig:
@@ -305,7 +378,15 @@ class TrainConfig(_Config):
             raise ValueError(
                 "kd_alpha > 0 (soft targets) does not work with packing or padding_free yet: set them to false"
             )
+        if self.objective == "onpolicy":
+            unsupported = [k for k in _NOT_ONPOLICY if getattr(self, k) != TrainConfig.model_fields[k].default]
+            if unsupported:
+                raise ValueError(f"objective onpolicy does not support {', '.join(unsupported)} yet: unset them")
         return self
+
+
+# train keys the on-policy loop does not use: refused rather than silently ignored
+_NOT_ONPOLICY = ("lora", "qlora", "packing", "padding_free", "kd_alpha", "eval_fraction", "save_steps", "liger_kernel")
 
 
 class EvalSamplingConfig(SamplingConfig):
@@ -637,6 +718,7 @@ def reference_markdown() -> str:
         ("generate / eval: `sampling.*`", SamplingConfig, "sampling."),
         ("filter", FilterConfig, ""),
         ("train", TrainConfig, ""),
+        ("train: `onpolicy.*` (with `objective: onpolicy`)", OnPolicyConfig, "onpolicy."),
     ]
     lines: list[str] = []
     for title, cls, prefix in sections:

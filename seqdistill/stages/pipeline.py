@@ -178,5 +178,10 @@ def _reference_baseline(cfg: PipelineConfig) -> dict[str, Any]:
     d = Path(cfg.run_dir)
     count = reference_samples(cfg.generate.output, d / "reference.jsonl")
     log.info("train reference baseline: %d prompts with their reference answers -> %s", count, d / "student-reference")
-    update = {"input": str(d / "reference.jsonl"), "output": str(d / "student-reference"), "kd_alpha": 0.0}
+    update = {
+        "input": str(d / "reference.jsonl"),
+        "output": str(d / "student-reference"),
+        "kd_alpha": 0.0,
+        "objective": "sft",
+    }
     return train.run(cfg.train.model_copy(update=update))

@@ -6,7 +6,8 @@ example so nothing is cut silently; a smaller explicit limit is reported with ho
 LoRA (peft; the adapters are merged into the saved student), packing (TRL's best-fit decreasing),
 checkpoints every `save_steps` with resume from the last one, and a held-out eval split are options.
 With `kd_alpha` > 0 the loss adds Hinton's soft targets from the teacher's top-k logprobs (`kd.py`,
-`trainer.py`), after checking that teacher and student share a vocabulary.
+`trainer.py`), after checking that teacher and student share a vocabulary. `objective: onpolicy` runs
+on-policy distillation instead (`onpolicy.py`).
 """
 
 from __future__ import annotations
@@ -311,6 +312,10 @@ def check(cfg: TrainConfig) -> dict[str, Any]:
     With `kd_alpha` > 0 it also checks the teacher's vocabulary and reports the soft targets' coverage.
     """
     require("train --check")
+    if cfg.objective == "onpolicy":
+        from seqdistill import onpolicy
+
+        return onpolicy.check(cfg)
     examples = _inputs(cfg)
     from transformers import AutoTokenizer, GenerationConfig
 
@@ -353,6 +358,10 @@ def _one_writer(fn):
 @_one_writer
 def run(cfg: TrainConfig) -> dict[str, Any]:
     require("train")
+    if cfg.objective == "onpolicy":  # the student samples, the teacher scores: seqdistill/onpolicy.py
+        from seqdistill import onpolicy
+
+        return onpolicy.run(cfg)
     examples = _inputs(cfg)
     from seqdistill.models import load_model
 
