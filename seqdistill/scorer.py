@@ -102,7 +102,8 @@ class BackendScorer(TeacherScorer):
 
         from seqdistill.backends.score_base import Failure, ScoreRequest
 
-        requests = [ScoreRequest(str(i), list(p), list(c)) for i, (p, c) in enumerate(zip(prompts, completions, strict=True))]
+        pairs = enumerate(zip(prompts, completions, strict=True))
+        requests = [ScoreRequest(str(i), list(p), list(c)) for i, (p, c) in pairs]
         out: list[TokenScores | None] = [None] * len(requests)
         for item in self.backend.score(requests, threading.Event()):
             if isinstance(item, Failure):
