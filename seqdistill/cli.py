@@ -77,7 +77,9 @@ def _show(title: str, summary: dict[str, Any]) -> None:
 
     table = Table(title=title, show_header=False)
     for key, value in summary.items():
-        if not isinstance(value, dict | list):
+        if isinstance(value, list) and value and all(isinstance(v, float) for v in value):  # e.g. accuracy_ci
+            table.add_row(key, "[" + ", ".join(f"{v:.4g}" for v in value) + "]")
+        elif not isinstance(value, dict | list):
             table.add_row(key, escape(f"{value:.4g}" if isinstance(value, float) else str(value)))
     out.print(table)
 
@@ -261,6 +263,8 @@ def summary_table(summary: dict[str, Any]):
     """The pipeline's one-screen summary: data funnel, training, held-out accuracy before -> after."""
     from rich.table import Table
 
+    from seqdistill.stats import Comparison, format_interval
+
     table = Table(title=f"seqdistill run: {summary['run_dir']}", show_header=False)
     g, f = summary["generate"], summary.get("filter", {})
     table.add_row("prompts", str(g["prompts"]))
@@ -276,13 +280,20 @@ def summary_table(summary: dict[str, Any]):
 
     def acc(name: str) -> str:
         r = e.get(name)
-        return f"{r['accuracy']:.1%} ({r['correct']}/{r['samples']})" if r and r["accuracy"] is not None else "-"
+        if not r or r.get("accuracy") is None:
+            return "-"
+        low, high = r.get("accuracy_ci") or (None, None)
+        method = f", 95% CI: {r['ci_method']}" if r.get("accuracy_ci") else ""
+        return f"{format_interval(r['accuracy'], low, high)} ({r['correct']}/{r['samples']}{method})"
 
     if e:
         table.add_row("held-out accuracy: teacher", acc("teacher"))
         table.add_row("held-out accuracy: student", f"{acc('student_before')} -> {acc('student_after')}")
         if "student_reference" in e:
             table.add_row("held-out accuracy: student on reference answers", acc("student_reference"))
+    for c in summary.get("comparisons") or []:  # a - b on the prompts both answered, with the paired test
+        label = f"{c['a'].replace('_', ' ')} - {c['b'].replace('_', ' ')}"
+        table.add_row(f"paired difference: {label}", f"{Comparison(**c)}, {c['test']}")
     return table
 
 
