@@ -342,7 +342,7 @@ def accuracy_section(facts: RunFacts) -> Section:
     """Held-out accuracy of teacher, student before and after training with 95% intervals; paired differences."""
     s = Section("accuracy", "Held-out accuracy")
     rows, absent = [], []
-    has_majority = any((r or {}).get("majority_accuracy") is not None for r in facts.evals.values())
+    has_majority = any(isinstance(r, dict) and r.get("majority_accuracy") is not None for r in facts.evals.values())
     for key, label in EVALS.items():
         r = facts.evals.get(key) or {}
         if not r and key in OPTIONAL_EVALS:
