@@ -283,17 +283,20 @@ def summary_table(summary: dict[str, Any]):
         if not r or r.get("accuracy") is None:
             return "-"
         low, high = r.get("accuracy_ci") or (None, None)
-        method = f", 95% CI: {r['ci_method']}" if r.get("accuracy_ci") else ""
-        return f"{format_interval(r['accuracy'], low, high)} ({r['correct']}/{r['samples']}{method})"
+        return f"{format_interval(r['accuracy'], low, high)} ({r['correct']}/{r['samples']})"
 
     if e:
         table.add_row("held-out accuracy: teacher", acc("teacher"))
         table.add_row("held-out accuracy: student", f"{acc('student_before')} -> {acc('student_after')}")
         if "student_reference" in e:
             table.add_row("held-out accuracy: student on reference answers", acc("student_reference"))
-    for c in summary.get("comparisons") or []:  # a - b on the prompts both answered, with the paired test
-        label = f"{c['a'].replace('_', ' ')} - {c['b'].replace('_', ' ')}"
-        table.add_row(f"paired difference: {label}", f"{Comparison(**c)}, {c['test']}")
+    comparisons = [Comparison(**c) for c in summary.get("comparisons") or []]
+    for c in comparisons:  # a - b on the prompts both answered, with the paired test
+        table.add_row(f"paired difference: {c.a.replace('_', ' ')} - {c.b.replace('_', ' ')}", str(c))
+    methods = sorted({r["ci_method"] for r in e.values() if isinstance(r, dict) and r.get("accuracy_ci")})
+    methods += sorted({f"{c.ci_method} + {c.test}" for c in comparisons if c.difference is not None})
+    if methods:
+        table.add_row("95% CI, paired test", ", ".join(methods) + " (docs/statistics.md)")
     return table
 
 

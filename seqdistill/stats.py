@@ -94,7 +94,9 @@ class Comparison:
         if self.difference is None:
             return "no prompts in common"
         diff = format_interval(self.difference, self.ci_low, self.ci_high, signed=True)
-        return f"{diff}, p = {format_p(self.p_value)} ({self.a_better} vs {self.b_better} prompts differ)"
+        p = format_p(self.p_value)
+        p = f"p {p[0]} {p[1:]}" if p.startswith("<") else f"p = {p}"
+        return f"{diff}, {p} ({self.a_better} vs {self.b_better} prompts differ)"
 
 
 def _z(confidence: float) -> float:

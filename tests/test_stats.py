@@ -235,3 +235,11 @@ def test_comparison_to_dict_is_json_ready():
 
     c = stats.compare(prompts([(1, 1), (0, 1)]), prompts([(0, 1), (0, 1)]), names=("x", "y"))
     assert json.loads(json.dumps(c.to_dict()))["a_better"] == 1
+
+
+def test_comparison_reads_as_one_line():
+    c = stats.compare(prompts([(1, 1)] * 30), prompts([(0, 1)] * 30))
+    # every pair discordant one way: phi is 0, so the lower bound is 1 - hypot of the two Wilson half-widths
+    low = 1 - math.hypot(1 - stats.wilson_interval(30, 30)[0], stats.wilson_interval(0, 30)[1])
+    assert c.ci_low == pytest.approx(low)
+    assert str(c) == f"+100.0 pts [{100 * low:+.1f}, +100.0], p < 0.0001 (30 vs 0 prompts differ)"

@@ -59,7 +59,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         "accuracy_ci": None if acc.value is None else [acc.ci_low, acc.ci_high],
         "ci_method": acc.method,
         "majority_accuracy": sum(majority) / len(majority) if majority and not _majority_is_accuracy(cfg) else None,
-        "per_prompt": {pid: list(counts) for pid, counts in scores.items()},
+        "per_prompt": {pid: list(scores[pid]) for pid in sorted(scores)},
         "output": cfg.output,
     }
 
