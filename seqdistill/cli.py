@@ -266,6 +266,8 @@ def summary_table(summary: dict[str, Any]):
     from seqdistill.stats import Comparison, format_interval
 
     table = Table(title=f"seqdistill run: {summary['run_dir']}", show_header=False)
+    table.add_column(no_wrap=True)  # the row names stay whole on a narrow terminal; the values wrap
+    table.add_column()
     g, f = summary["generate"], summary.get("filter", {})
     table.add_row("prompts", str(g["prompts"]))
     table.add_row("samples", f"{g['requested']} ({g['generated']} new, {g['truncated']} truncated)")
@@ -292,7 +294,7 @@ def summary_table(summary: dict[str, Any]):
             table.add_row("held-out accuracy: student on reference answers", acc("student_reference"))
     comparisons = [Comparison(**c) for c in summary.get("comparisons") or []]
     for c in comparisons:  # a - b on the prompts both answered, with the paired test
-        table.add_row(f"paired difference: {c.a.replace('_', ' ')} - {c.b.replace('_', ' ')}", str(c))
+        table.add_row(f"paired: {c.a.replace('_', ' ')} - {c.b.replace('_', ' ')}", str(c))
     methods = sorted({r["ci_method"] for r in e.values() if isinstance(r, dict) and r.get("accuracy_ci")})
     methods += sorted({f"{c.ci_method} + {c.test}" for c in comparisons if c.difference is not None})
     if methods:

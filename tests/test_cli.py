@@ -167,6 +167,12 @@ def test_run_summary_table_shows_intervals_and_paired_differences():
     text = console.export_text()
     assert "48.0% [38.5, 57.7] (48/100) -> 62.0% [52.2, 70.9] (62/100)" in text
     low, high = stats.newcombe_paired_interval(40, 22, 8, 30)
-    row = next(line for line in text.splitlines() if "paired difference: student after - student before" in line)
+    row = next(line for line in text.splitlines() if "paired: student after - student before" in line)
     assert f"+14.0 pts [{100 * low:+.1f}, {100 * high:+.1f}], p = 0.0161 (22 vs 8 prompts differ)" in row
     assert "wilson, newcombe-paired + mcnemar-exact" in text  # which interval and test the brackets are
+    evals["student_reference"] = ev(before)
+    narrow = Console(width=80, record=True)  # CliRunner's width: the long values wrap, the row names do not
+    narrow.print(summary_table(summary | {"comparisons": comparisons(evals)}))
+    text = narrow.export_text()
+    for name in ("held-out accuracy: student on reference answers", "paired: student after - student reference"):
+        assert name in text
