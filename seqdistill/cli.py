@@ -127,7 +127,9 @@ def _show(title: str, summary: dict[str, Any]) -> None:
 
     table = Table(title=title, show_header=False)
     for key, value in summary.items():
-        if not isinstance(value, dict | list):
+        if isinstance(value, list) and value and all(isinstance(v, float) for v in value):  # e.g. accuracy_ci
+            table.add_row(key, "[" + ", ".join(f"{v:.4g}" for v in value) + "]")
+        elif not isinstance(value, dict | list):
             table.add_row(key, escape(f"{value:.4g}" if isinstance(value, float) else str(value)))
     out.print(table)
 
@@ -345,7 +347,11 @@ def summary_table(summary: dict[str, Any]):
     """The pipeline's one-screen summary: data funnel, training, held-out accuracy before -> after."""
     from rich.table import Table
 
+    from seqdistill.stats import Comparison, format_interval
+
     table = Table(title=f"seqdistill run: {summary['run_dir']}", show_header=False)
+    table.add_column(no_wrap=True)  # the row names stay whole on a narrow terminal; the values wrap
+    table.add_column()
     g, f = summary["generate"], summary.get("filter", {})
     table.add_row("prompts", str(g["prompts"]))
     table.add_row("samples", f"{g['requested']} ({g['generated']} new, {g['truncated']} truncated)")
@@ -360,13 +366,23 @@ def summary_table(summary: dict[str, Any]):
 
     def acc(name: str) -> str:
         r = e.get(name)
-        return f"{r['accuracy']:.1%} ({r['correct']}/{r['samples']})" if r and r["accuracy"] is not None else "-"
+        if not r or r.get("accuracy") is None:
+            return "-"
+        low, high = r.get("accuracy_ci") or (None, None)
+        return f"{format_interval(r['accuracy'], low, high)} ({r['correct']}/{r['samples']})"
 
     if e:
         table.add_row("held-out accuracy: teacher", acc("teacher"))
         table.add_row("held-out accuracy: student", f"{acc('student_before')} -> {acc('student_after')}")
         if "student_reference" in e:
             table.add_row("held-out accuracy: student on reference answers", acc("student_reference"))
+    comparisons = [Comparison(**c) for c in summary.get("comparisons") or []]
+    for c in comparisons:  # a - b on the prompts both answered, with the paired test
+        table.add_row(f"paired: {c.a.replace('_', ' ')} - {c.b.replace('_', ' ')}", str(c))
+    methods = sorted({r["ci_method"] for r in e.values() if isinstance(r, dict) and r.get("accuracy_ci")})
+    methods += sorted({f"{c.ci_method} + {c.test}" for c in comparisons if c.difference is not None})
+    if methods:
+        table.add_row("95% CI, paired test", ", ".join(methods) + " (docs/statistics.md)")
     return table
 
 

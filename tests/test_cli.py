@@ -171,3 +171,38 @@ def test_auto_backend_is_vllm_only_with_vllm_and_a_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_backend("auto") == "transformers"
     assert resolve_backend("openai") == "openai"
+
+
+def test_run_summary_table_shows_intervals_and_paired_differences():
+    from rich.console import Console
+
+    from seqdistill import stats
+    from seqdistill.cli import summary_table
+    from seqdistill.stages.pipeline import comparisons
+
+    def ev(right: list[int]) -> dict:
+        acc = stats.accuracy({f"h{i}": (r, 1) for i, r in enumerate(right)})
+        return {"accuracy": acc.value, "accuracy_ci": [acc.ci_low, acc.ci_high], "ci_method": acc.method,
+                "correct": acc.correct, "samples": acc.total,
+                "per_prompt": {f"h{i}": [r, 1] for i, r in enumerate(right)}}  # fmt: skip
+
+    # 100 prompts: 40 both right, 22 only after, 8 only before, 30 neither (62% vs 48%)
+    after = [1] * 40 + [1] * 22 + [0] * 8 + [0] * 30
+    before = [1] * 40 + [0] * 22 + [1] * 8 + [0] * 30
+    evals = {"teacher": ev(before), "student_before": ev(before), "student_after": ev(after)}
+    summary = {"run_dir": "runs/x", "generate": {"prompts": 1, "requested": 1, "generated": 1, "truncated": 0},
+               "eval": evals, "comparisons": comparisons(evals)}  # fmt: skip
+    console = Console(width=200, record=True)
+    console.print(summary_table(summary))
+    text = console.export_text()
+    assert "48.0% [38.5, 57.7] (48/100) -> 62.0% [52.2, 70.9] (62/100)" in text
+    low, high = stats.newcombe_paired_interval(40, 22, 8, 30)
+    row = next(line for line in text.splitlines() if "paired: student after - student before" in line)
+    assert f"+14.0 pts [{100 * low:+.1f}, {100 * high:+.1f}], p = 0.0161 (22 vs 8 prompts differ)" in row
+    assert "wilson, newcombe-paired + mcnemar-exact" in text  # which interval and test the brackets are
+    evals["student_reference"] = ev(before)
+    narrow = Console(width=80, record=True)  # CliRunner's width: the long values wrap, the row names do not
+    narrow.print(summary_table(summary | {"comparisons": comparisons(evals)}))
+    text = narrow.export_text()
+    for name in ("held-out accuracy: student on reference answers", "paired: student after - student reference"):
+        assert name in text

@@ -3,7 +3,11 @@
 Generation goes through the generate stage (any backend, resumable); scoring reads back exactly the
 samples this config asks for and scores them as filter does (`answers.score` in a `CheckPool`: the
 same checks, options, workers and timeouts). `accuracy` is pass@1 averaged over the n samples of each
-prompt; `majority_accuracy` scores each prompt by its most frequent answer (self-consistency).
+prompt, with its 95% interval `accuracy_ci` (`ci_method`: Wilson for n = 1, a bootstrap over prompts for n > 1;
+see stats.py); `majority_accuracy` scores each prompt by its most frequent answer (self-consistency), and is
+None when it equals `accuracy` by construction (one sample per prompt, or greedy sampling). `per_prompt` holds
+each prompt's (correct, scored) sample counts, so two evals on the same prompts can be compared pair by pair.
+Unverifiable answers count as not correct.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from seqdistill import stats
 from seqdistill.checks.answers import CHECK_NAMES, NONE, Check, get_check, majority, options_from_config, vote_key
 from seqdistill.checks.pool import CheckPool
 from seqdistill.config import EvalConfig
@@ -63,6 +68,8 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     scored = sum(verdicts.values())
     # `code` grades programs by tests: there is no answer to agree on, so no majority either
     by_majority = [_majority_correct(check, answers) for answers in per_prompt.values()] if check.spec.votable else []
+    scores = prompt_scores(per_prompt)
+    acc = stats.accuracy(scores)
     return {
         "model": cfg.model,
         "prompt": cfg.prompt,
@@ -72,9 +79,28 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         "wrong": verdicts["wrong"],
         "unverifiable": verdicts["unverifiable"],
         "accuracy": verdicts["correct"] / scored if scored else None,
-        "majority_accuracy": sum(by_majority) / len(by_majority) if by_majority else None,
+        "accuracy_ci": None if acc.value is None else [acc.ci_low, acc.ci_high],
+        "ci_method": acc.method,
+        "majority_accuracy": sum(by_majority) / len(by_majority)
+        if by_majority and not _majority_is_accuracy(cfg)
+        else None,
+        "per_prompt": {pid: list(scores[pid]) for pid in sorted(scores)},
         "output": cfg.output,
     }
+
+
+def prompt_scores(per_prompt: dict[str, list[tuple[str | None, bool | None]]]) -> dict[str, tuple[int, int]]:
+    """Per prompt id: (correct samples, scored samples); wrong and unverifiable verdicts are not correct.
+
+    >>> prompt_scores({"p1": [("7", True), ("8", False), (None, None)]})
+    {'p1': (1, 3)}
+    """
+    return {pid: (sum(c is True for _, c in answers), len(answers)) for pid, answers in per_prompt.items()}
+
+
+def _majority_is_accuracy(cfg: EvalConfig) -> bool:
+    """One sample per prompt, or greedy decoding (every sample the same answer): the vote is the answer."""
+    return cfg.n == 1 or cfg.sampling.temperature == 0
 
 
 def _majority_correct(check: Check, answers: list[tuple[str | None, bool | None]]) -> bool:

@@ -5,6 +5,8 @@ The held-out evals use the eval section's prompts: the teacher with its own prom
 student with the bare student prompt, before and after training. With `reference_baseline`, the same
 student is also trained on the prompts' bare reference answers (one per generated prompt, the same
 train settings) and evaluated: does it learn more from the teacher's samples than from the labels?
+The trained student is then compared, prompt by prompt, with each of the others (`comparisons`: the
+difference in accuracy with its 95% interval and a paired p-value, see stats.py).
 Every stage resumes or is cheap to redo, so re-running a pipeline after a crash continues where it stopped.
 Before any work, every stage's config and inputs that can be checked are (`check`), and one run at a
 time holds the run dir (a lock on its summary.json). A stage stopped by a signal stops the pipeline.
@@ -27,8 +29,16 @@ from seqdistill.models import BUNDLED
 from seqdistill.prompts import load_prompts
 from seqdistill.records import Message, Sample
 from seqdistill.stages import evaluate, filter, generate, train
+from seqdistill.stats import compare
 
 log = logging.getLogger(__name__)
+
+# (a, b) eval pairs whose difference a - b the summary reports: what training did, and against what
+COMPARISONS = (
+    ("student_after", "student_before"),
+    ("student_after", "teacher"),
+    ("student_after", "student_reference"),
+)
 
 
 def eval_configs(cfg: PipelineConfig) -> dict[str, EvalConfig]:
@@ -169,8 +179,19 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
             summary["eval"]["student_reference"] = evaluate.run(evals["student_reference"])
             if summary["eval"]["student_reference"].get("interrupted"):
                 return summary
+    summary["comparisons"] = comparisons(summary["eval"])
     write_json(Path(cfg.run_dir) / "summary.json", summary)
     return summary
+
+
+def comparisons(evals: dict[str, Any]) -> list[dict[str, Any]]:
+    """Paired comparisons (stats.compare) for each pair in COMPARISONS whose two evals both finished."""
+    found = []
+    for a, b in COMPARISONS:
+        ra, rb = evals.get(a) or {}, evals.get(b) or {}
+        if ra.get("per_prompt") is not None and rb.get("per_prompt") is not None:
+            found.append(compare(ra["per_prompt"], rb["per_prompt"], names=(a, b)).to_dict())
+    return found
 
 
 def _reference_baseline(cfg: PipelineConfig) -> dict[str, Any]:

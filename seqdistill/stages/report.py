@@ -39,6 +39,7 @@ from seqdistill.extras import installed
 from seqdistill.io import read_samples, write_atomic, write_bytes
 from seqdistill.models import resolve_model
 from seqdistill.records import Sample
+from seqdistill.stats import format_interval, format_p
 
 log = logging.getLogger(__name__)
 
@@ -452,9 +453,10 @@ def loss_section(facts: RunFacts) -> Section:
 
 
 def accuracy_section(facts: RunFacts) -> Section:
-    """Held-out accuracy of teacher, student before and after training, side by side."""
+    """Held-out accuracy of teacher, student before and after training with 95% intervals; paired differences."""
     s = Section("accuracy", "Held-out accuracy")
     rows, absent = [], []
+    has_majority = any(isinstance(r, dict) and r.get("majority_accuracy") is not None for r in facts.evals.values())
     for key, label in EVALS.items():
         r = facts.evals.get(key) or {}
         if not r and key in OPTIONAL_EVALS:
@@ -463,17 +465,52 @@ def accuracy_section(facts: RunFacts) -> Section:
             absent.append(f"{label}: " + ("interrupted" if r.get("interrupted") else "not evaluated in this run"))
             continue
         cells = [r.get(k) for k in ("model", "samples", "correct", "wrong", "unverifiable")]
-        rows.append([label, *cells, _pct(r["accuracy"]), _pct(r.get("majority_accuracy"))])
+        low, high = _ci(r)
+        ci = "-" if low is None else f"{_pct(low)} – {_pct(high)} ({r.get('ci_method')})"  # e.g. 52.2% – 70.9%
+        rows.append([label, *cells, _pct(r["accuracy"]), ci] + ([_pct(r.get("majority_accuracy"))] * has_majority))
     if not rows:
         s.missing = "no eval results in summary.json (the recipe has no eval section, or the evals did not finish)"
         return s
     s.figure = accuracy_figure(facts.evals)
-    s.caption = "Share of held-out prompts answered correctly (pass@1); majority vote over samples where measured."
-    heads = ["", "model", "samples", "correct", "wrong", "unverifiable", "accuracy", "majority accuracy"]
-    s.body = html_table(heads, rows)
+    s.caption = (
+        "Share of held-out prompts answered correctly (pass@1), with 95% confidence intervals as error bars "
+        "(Wilson with one sample per prompt, a bootstrap over prompts with several)"
+        + ("; majority vote over samples where it differs from pass@1." if has_majority else ".")
+    )
+    heads = ["", "model", "samples", "correct", "wrong", "unverifiable", "accuracy", "95% CI"]
+    s.body = html_table(heads + ["majority accuracy"] * has_majority, rows)
+    s.body += comparisons_html(facts.summary.get("comparisons"))
     if absent:
         s.body += "<p class='missing'>not available: " + _e("; ".join(absent)) + "</p>"
     return s
+
+
+def _ci(r: dict[str, Any]) -> tuple[float | None, float | None]:
+    """An eval's (low, high) interval, or (None, None) when it has none (an older summary.json)."""
+    ci = r.get("accuracy_ci")
+    if isinstance(ci, list | tuple) and len(ci) == 2 and all(isinstance(v, int | float) for v in ci):
+        return float(ci[0]), float(ci[1])
+    return None, None
+
+
+def comparisons_html(comparisons: Any) -> str:
+    """The paired differences (a - b on the prompts both answered) as a small table; empty without any."""
+    rows = []
+    for c in comparisons if isinstance(comparisons, list) else []:
+        if not isinstance(c, dict) or not isinstance(c.get("difference"), int | float):
+            continue
+        names = f"{EVALS.get(c.get('a'), c.get('a'))} − {EVALS.get(c.get('b'), c.get('b'))}"
+        diff = format_interval(c["difference"], c.get("ci_low"), c.get("ci_high"), signed=True)
+        rows.append([names, c.get("prompts"), f"{diff} ({c.get('ci_method')})", c.get("a_better"),
+                     c.get("b_better"), f"{format_p(c.get('p_value'))} ({c.get('test')})"])  # fmt: skip
+    if not rows:
+        return ""
+    heads = ["paired difference", "prompts", "difference [95% CI]", "first better", "second better", "p-value"]
+    note = (
+        "<p>The trained student against each other model, on the prompts both answered; "
+        '"first better" / "second better" count the prompts where one side scored higher (the discordant pairs).</p>'
+    )
+    return note + html_table(heads, rows)
 
 
 # ---- figures (matplotlib, Agg, imported only here) -----------------------------------------------------------
@@ -553,27 +590,50 @@ def loss_figure(history: list[dict[str, Any]], eval_loss: float | None) -> bytes
 
 
 def accuracy_figure(evals: dict[str, Any]) -> bytes:
-    """Grouped bars: accuracy (and majority-vote accuracy where measured) per model, as percentages."""
+    """Bars: accuracy per model with its 95% interval as an error bar (and majority-vote accuracy where measured).
+
+    The majority bar is drawn only for evals that report it: with one sample per prompt or greedy sampling it
+    equals the accuracy by construction, and eval leaves it out (None).
+    """
     keys = [k for k in EVALS if (evals.get(k) or {}).get("accuracy") is not None]
     fig = _figure(max(8, 2.6 * len(keys)), 4)  # room for each bar's model name
-    ax = fig.subplots()
+    draw_accuracy(fig.subplots(), evals, keys)
+    return _png(fig)
+
+
+def draw_accuracy(ax, evals: dict[str, Any], keys: list[str]) -> None:
+    """The accuracy figure's content on `ax`: a bar per eval in `keys`, its interval, labels, legend."""
     has_majority = any(evals[k].get("majority_accuracy") is not None for k in keys)
     width = 0.38 if has_majority else 0.6
     series = [("accuracy", "#4c72b0", 0.0)] + ([("majority_accuracy", "#55a868", width)] if has_majority else [])
     for metric, color, offset in series:
         xs = [i + offset - (width / 2 if has_majority else 0) for i in range(len(keys))]
         values = [evals[k].get(metric) for k in keys]
-        bars = ax.bar(xs, [v or 0.0 for v in values], width, color=color, label=metric.replace("_", " "))
-        ax.bar_label(bars, labels=["n/a" if v is None else f"{v:.0%}" for v in values], padding=2)
+        ax.bar(xs, [v or 0.0 for v in values], width, color=color, label=metric.replace("_", " "))
+        tops = _error_bars(ax, xs, values, [_ci(evals[k]) for k in keys]) if metric == "accuracy" else values
+        for x, v, top in zip(xs, values, tops, strict=True):  # the value above its bar and error bar
+            ax.annotate("n/a" if v is None else f"{v:.0%}", (x, top or 0.0), textcoords="offset points",
+                        xytext=(0, 3), ha="center")  # fmt: skip
     ax.set_xticks(range(len(keys)), [f"{EVALS[k]}\n{_clip(str(evals[k].get('model', '')), 32)}" for k in keys])
     samples = sorted({evals[k].get("samples") for k in keys} - {None})
     each = f" ({', '.join(map(str, samples))} samples each)" if samples else ""
-    ax.set(title=f"Held-out accuracy{each}", ylabel="accuracy", ylim=(0, 1.3 if has_majority else 1.12))
+    ax.set(title=f"Held-out accuracy with 95% CI{each}", ylabel="accuracy", ylim=(0, 1.3))
     ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
-    if has_majority:  # above the 100% line, clear of the bars and their labels
-        ax.legend(loc="upper center", ncol=2)
-    return _png(fig)
+    ax.legend(loc="upper center", ncol=3)  # above the 100% line, clear of the bars and their labels
+
+
+def _error_bars(ax, xs: list[float], values: list[float | None], cis: list[tuple[float | None, float | None]]):
+    """Draw each known interval as an error bar around its value; return where each bar's label goes."""
+    known = [
+        (x, v, lo, hi) for x, v, (lo, hi) in zip(xs, values, cis, strict=True) if v is not None and lo is not None
+    ]
+    if known:
+        x, v, lo, hi = (list(col) for col in zip(*known, strict=True))
+        below = [max(0.0, a - b) for a, b in zip(v, lo, strict=True)]
+        above = [max(0.0, b - a) for a, b in zip(v, hi, strict=True)]
+        ax.errorbar(x, v, yerr=[below, above], fmt="none", ecolor="#222", capsize=5, label="95% CI")
+    return [hi if hi is not None else v for v, (_, hi) in zip(values, cis, strict=True)]
 
 
 # ---- the HTML page -------------------------------------------------------------------------------------------
