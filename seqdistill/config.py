@@ -270,6 +270,10 @@ class TrainConfig(_Config):
     reasoning: Literal["think", "drop"] = Field(
         "think", description="Render reasoning_content as <think>…</think> before the answer, or drop it."
     )
+    train_on: Literal["completion", "all_assistant"] = Field(
+        "completion",
+        description="Assistant turns to learn: the completion's, or also the prompt's earlier ones (conversations).",
+    )
     kd_alpha: float = Field(
         0.0,
         ge=0,
