@@ -41,6 +41,12 @@ class PromptsConfig(_Config):
     )
     id_field: str = Field("id", description="Field with a prompt id; a content hash when absent.")
     messages_field: str = Field("messages", description="Field with ready chat messages (used when no question).")
+    tools_field: str = Field("tools", description="Field with a prompt's own tool definitions (OpenAI style).")
+    tools: str | list[dict[str, Any]] | None = Field(
+        None,
+        description="Tool definitions (OpenAI style) for every prompt without its own: a list, or a JSON file "
+        "holding one; sent to the teacher, stored on the records.",
+    )
     system_prompt: str | None = Field(None, description="Student's system prompt.")
     template: str | None = Field(None, description="Student's user template: a .jinja path or inline Jinja.")
     teacher_system_prompt: str | None = Field(None, description="Teacher's system prompt (default: the student's).")

@@ -6,7 +6,7 @@ import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from seqdistill.config import GenerateConfig
@@ -20,12 +20,17 @@ class Request:
     """Samples still missing for one prompt: `sample_indices[i]` is the i-th sample the backend returns."""
 
     prompt_id: str
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     sample_indices: list[int]
+    tools: list[dict[str, Any]] | None = None  # OpenAI-style function definitions the teacher may call
 
     @property
     def n(self) -> int:
         return len(self.sample_indices)
+
+    def only(self, sample_indices: list[int]) -> Request:
+        """The same request for some of its samples (a retry, a failure's record)."""
+        return replace(self, sample_indices=list(sample_indices))
 
 
 @dataclass
@@ -37,6 +42,7 @@ class Result:
     reasoning: str | None = None
     usage: dict[str, Any] = field(default_factory=dict)
     logprobs: Logprobs | None = None  # the teacher's token logprobs (and top-k), when asked for
+    tool_calls: list[dict[str, Any]] | None = None  # the tools the teacher calls (OpenAI's shape), unchecked
 
 
 @dataclass

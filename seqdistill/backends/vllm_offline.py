@@ -3,10 +3,16 @@
 vLLM's CUDA wheel pins its own torch/transformers, which clash with the training stack: install it in
 its own environment with `pip install 'seqdistill[vllm]'`. It cannot run on our CPU-only CI, so this
 backend is exercised only where a GPU is present.
+
+Tools: a request's `tools` reach the chat template (`LLM.chat(..., tools=...)`, one call per set of
+tools). Not covered: parsing tool calls out of the output (vLLM does that in its server, with
+`--tool-call-parser`): in-process, calls stay in the answer's text, and the run says so once.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 from collections.abc import Iterator
 
@@ -16,6 +22,8 @@ from seqdistill.backends.base import Backend, Failure, Request, Result, split_th
 from seqdistill.backends.validate import AnswerRules, check_result
 from seqdistill.models import resolve_model
 from seqdistill.records import Logprobs
+
+log = logging.getLogger(__name__)
 
 
 class VLLMBackend(Backend):
@@ -31,6 +39,7 @@ class VLLMBackend(Backend):
             dtype=dtype,
             **{"seed": cfg.sampling.seed or 0, **cfg.engine_args},
         )
+        self._warned = False
 
     def generate(self, requests: list[Request], stop: threading.Event) -> Iterator[Result | Failure]:
         s = self.cfg.sampling
@@ -53,8 +62,7 @@ class VLLMBackend(Backend):
                 )
                 for req in part
             ]
-            outputs = self.llm.chat([req.messages for req in part], params, use_tqdm=False)
-            for req, out in zip(part, outputs, strict=True):
+            for req, out in zip(part, self._chat(part, params), strict=True):
                 for completion, idx in zip(out.outputs, req.sample_indices, strict=False):
                     usage = {
                         "prompt_tokens": len(out.prompt_token_ids),
@@ -70,6 +78,26 @@ class VLLMBackend(Backend):
                     )
                     result = Result(req, idx, text, completion.finish_reason, reasoning, usage, logprobs)
                     yield check_result(result, rules)
+
+    def _chat(self, part: list[Request], params: list) -> list:
+        """`LLM.chat` over `part`, one call per distinct set of tools (vLLM takes one `tools` per call)."""
+        groups: dict[str, list[int]] = {}
+        for i, req in enumerate(part):
+            groups.setdefault(json.dumps(req.tools, sort_keys=True), []).append(i)
+        outputs: list = [None] * len(part)
+        for key, members in groups.items():
+            tools = json.loads(key)
+            kwargs = {"tools": tools} if tools else {}
+            if tools and not self._warned:
+                self._warned = True
+                log.warning(
+                    "backend vllm: tool calls stay in the answer's text (serve with --tool-call-parser to parse)"
+                )
+            got = self.llm.chat([part[i].messages for i in members], [params[i] for i in members], use_tqdm=False,
+                                **kwargs)  # fmt: skip
+            for i, out in zip(members, got, strict=True):
+                outputs[i] = out
+        return outputs
 
 
 def _compact_logprobs(token_ids, steps, k: int) -> Logprobs | None:

@@ -40,8 +40,10 @@ def _ids(rendered: Any) -> list[int]:
     return list(rendered["input_ids"] if hasattr(rendered, "keys") else rendered)
 
 
-def render_ids(tokenizer, messages: list[dict[str, Any]], tools=None, add_generation_prompt: bool = False) -> list[int]:
-    """Token ids of `messages` (and `tools`) through the tokenizer's chat template; a template error is a PreflightError."""
+def render_ids(
+    tokenizer, messages: list[dict[str, Any]], tools=None, add_generation_prompt: bool = False
+) -> list[int]:
+    """Token ids of `messages` (and `tools`) through the chat template; a template error is a PreflightError."""
     import jinja2
 
     kwargs = {"tools": tools} if tools else {}
@@ -176,7 +178,9 @@ def _conversation_problems(tokenizer, example: dict[str, Any], index: int, eos_i
         content = _squash(message.get("content") or "")
         if message["role"] in ("user", "tool") and len(content) > 8 and content in learned and content not in said:
             what = "tool result" if message["role"] == "tool" else "user turn"
-            problems.append(f"{where}: the loss mask covers the {what} of message {k} (only assistant turns are learned)")
+            problems.append(
+                f"{where}: the loss mask covers the {what} of message {k} (only assistant turns are learnt)"
+            )
     return problems
 
 

@@ -84,7 +84,9 @@ def training_rows(tokenizer, examples: list[dict[str, Any]]) -> list[dict[str, A
         try:
             ids, mask, _ = conversation_tokens(tokenizer, example)
         except PreflightError as e:
-            raise PreflightError(f"pre-flight check failed: example {index} (sample {example.get('id')}): {e}") from None
+            raise PreflightError(
+                f"pre-flight check failed: example {index} (sample {example.get('id')}): {e}"
+            ) from None
         rows.append({"input_ids": ids, "completion_mask": mask})
     return rows
 

@@ -1,0 +1,251 @@
+"""generate continues conversations and offers tools: the loopback OpenAI server answers with tool calls as
+OpenAI's API shapes them, and the records keep them (TRL's shape), through filter and `train --check`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from seqdistill.backends.base import Request, Result
+from seqdistill.backends.validate import AnswerRules, check_result
+from seqdistill.cli import app
+from seqdistill.config import PromptsConfig
+from seqdistill.errors import DataError
+from seqdistill.prompts import load_prompts
+from seqdistill.records import Sample, sample_id
+from tests.conftest import read_jsonl, write_jsonl
+from tests.fake_openai_server import FakeOpenAIServer, Malformed, tool_answer_text
+
+MODEL = "teacher"
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city today.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+ASK = "What is the weather in Paris today?"
+RESULT = "Sunny, 24 degrees Celsius"
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_key(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+
+
+@pytest.fixture
+def server():
+    with FakeOpenAIServer(models=[MODEL]) as s:
+        s.tool_calls[ASK] = ("get_weather", {"city": "Paris"})
+        yield s
+
+
+def prompt_rows() -> list[dict]:
+    """A question offered a tool, the same conversation after the tool answered, and a plain question."""
+    called = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "call_7", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+        ],
+    }
+    return [
+        {"id": "ask", "messages": [{"role": "user", "content": ASK}], "tools": [WEATHER]},
+        {
+            "id": "answered",
+            "tools": [WEATHER],
+            "messages": [
+                {"role": "user", "content": ASK},
+                called,
+                {"role": "tool", "tool_call_id": "call_7", "name": "get_weather", "content": RESULT},
+            ],
+        },
+        {"id": "plain", "question": "What is 2 + 3?", "answer": "5"},
+    ]
+
+
+def generate(server, prompts: Path, output: Path, *extra: str):
+    args = [
+        "generate",
+        "--backend",
+        "openai",
+        "--model",
+        MODEL,
+        "--base-url",
+        server.base_url,
+        "--prompts",
+        str(prompts),
+        "--output",
+        str(output),
+        *extra,
+    ]
+    return CliRunner().invoke(app, args)
+
+
+def by_prompt(path: Path) -> dict[str, Sample]:
+    return {s.prompt_id: s for s in (Sample.model_validate(r) for r in read_jsonl(path))}
+
+
+def test_generate_offers_tools_records_calls_and_continues_after_a_tool_result(server, tmp_path):
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", prompt_rows())
+    out = tmp_path / "samples.jsonl"
+    result = generate(server, prompts, out)
+    assert result.exit_code == 0, result.output
+    sent = {
+        r["body"]["messages"][0]["content"] + str(len(r["body"]["messages"])): r["body"]
+        for r in server.chat_requests()
+    }
+    assert sent[ASK + "1"]["tools"] == [WEATHER] and sent[ASK + "3"]["tools"] == [WEATHER]
+    assert "tools" not in sent["What is 2 + 3?1"]
+    wire_call = sent[ASK + "3"]["messages"][1]["tool_calls"][0]
+    assert wire_call["function"]["arguments"] == '{"city": "Paris"}'  # OpenAI's wire format: a JSON string
+    assert sent[ASK + "3"]["messages"][2] == {
+        "role": "tool",
+        "content": RESULT,
+        "tool_call_id": "call_7",
+        "name": "get_weather",
+    }
+
+    samples = by_prompt(out)
+    ask = samples["ask"]
+    (turn,) = ask.completion
+    assert turn.role == "assistant" and turn.content == "" and ask.finish_reason == "tool_calls"
+    assert [(c.function.name, c.function.arguments) for c in turn.tool_calls] == [("get_weather", {"city": "Paris"})]
+    assert turn.tool_calls[0].id.startswith("call_")
+    assert ask.tools == [WEATHER] and ask.text == ""
+    answered = samples["answered"]
+    assert answered.text == tool_answer_text(RESULT, 0)
+    assert [m.role for m in answered.prompt] == ["user", "assistant", "tool"]
+    assert answered.prompt[1].tool_calls[0].function.arguments == {"city": "Paris"}
+    assert samples["plain"].tools is None
+    plain_row = next(r for r in read_jsonl(out) if r["prompt_id"] == "plain")
+    assert "tools" not in plain_row and "tool_calls" not in plain_row["completion"][0]  # plain records unchanged
+
+    again = generate(server, prompts, out)  # resume: every sample is there, nothing is sent
+    assert again.exit_code == 0 and len(server.chat_requests()) == 3
+
+
+def test_tool_calls_pass_the_filter_and_a_call_with_bad_json_is_malformed(server, tmp_path):
+    server.tool_calls["What is the weather in Oslo today?"] = ("get_weather", {"city": "Oslo"})
+    server.malformed["What is the weather in Oslo today?"] = Malformed(_bad_arguments)
+    rows = prompt_rows()[:1] + [
+        {
+            "id": "oslo",
+            "messages": [{"role": "user", "content": "What is the weather in Oslo today?"}],
+            "tools": [WEATHER],
+        }
+    ]
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", rows)
+    out = tmp_path / "samples.jsonl"
+    assert generate(server, prompts, out).exit_code == 0  # bad JSON arguments are the teacher's: kept as data
+    assert by_prompt(out)["oslo"].completion[0].tool_calls[0].function.arguments == '{"city": Oslo'
+    kept = tmp_path / "kept.jsonl"
+    result = CliRunner().invoke(app, ["filter", str(out), "--output", str(kept), "--set", "check=none"])
+    assert result.exit_code == 0, result.output
+    assert [r["prompt_id"] for r in read_jsonl(kept)] == ["ask"]
+    (rejected,) = read_jsonl(tmp_path / "kept.rejected.jsonl")
+    assert rejected["meta"]["rejected"] == {
+        "rule": "malformed",
+        "reason": "completion message 0: tool call 'get_weather' has arguments that are not a JSON object",
+    }
+
+
+def _bad_arguments(response: dict) -> dict:
+    for choice in response["choices"]:
+        choice["message"]["tool_calls"][0]["function"]["arguments"] = '{"city": Oslo'
+    return response
+
+
+@pytest.mark.parametrize(
+    ("calls", "detail"),
+    [
+        ("get_weather()", "tool_calls is a str, not a list"),
+        ([{"type": "function", "function": {"arguments": "{}"}}], "tool call 0: function.name"),
+        ([{"type": "function"}], "tool call 0 is a dict without a function object"),
+        ([{"type": "function", "function": {"name": "f", "arguments": 3}}], "tool call 0: function.arguments"),
+    ],
+)
+def test_malformed_tool_calls_are_a_retried_bad_response(calls, detail):
+    req = Request("q", [{"role": "user", "content": "hi"}], [0], [WEATHER])
+    failure = check_result(Result(req, 0, "", "tool_calls", tool_calls=calls), AnswerRules())
+    assert failure.kind == "bad_response" and detail in failure.detail
+    assert failure.request.tools == [WEATHER]
+
+
+def test_null_content_with_a_tool_call_is_an_answer_and_without_one_is_empty():
+    req = Request("q", [{"role": "user", "content": "hi"}], [0])
+    call = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}, "index": 0}]
+    ok = check_result(Result(req, 0, "", "tool_calls", tool_calls=call), AnswerRules())
+    assert isinstance(ok, Result)
+    assert ok.tool_calls == [{"type": "function", "id": "c1", "function": {"name": "f", "arguments": {}}}]
+    assert check_result(Result(req, 0, "", "stop", tool_calls=[]), AnswerRules()).kind == "empty_answer"
+
+
+def test_configured_tools_apply_to_rows_without_their_own_and_change_the_sample_key(tmp_path):
+    tools_file = tmp_path / "tools.json"
+    tools_file.write_text(json.dumps([WEATHER]), encoding="utf-8")
+    other = {"type": "function", "function": {"name": "get_time", "parameters": {}}}
+    prompts = write_jsonl(
+        tmp_path / "p.jsonl", [{"id": "a", "question": "Hi?"}, {"id": "b", "question": "Hi?", "tools": [other]}]
+    )
+    a, b = load_prompts(PromptsConfig(source=str(prompts), tools=str(tools_file)))
+    assert a.tools == [WEATHER] and b.tools == [other]
+    plain = sample_id("a", "m", a.teacher_messages, {}, 0)
+    assert sample_id("a", "m", a.teacher_messages, {}, 0, a.tools) != plain
+    assert sample_id("a", "m", a.teacher_messages, {}, 0, None) == plain  # without tools: the key as before
+
+
+@pytest.mark.parametrize(
+    ("messages", "message"),
+    [
+        (
+            [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
+            "field 'messages' ends with assistant: a prompt ends with a user or tool turn",
+        ),
+        (
+            [{"role": "user", "content": "Hi", "tool_calls": [{"function": {"name": "f"}}]}],
+            "messages[0]: tool_calls on a user message: only assistant messages call tools",
+        ),
+        (
+            [
+                {"role": "assistant", "content": None, "tool_calls": [{"function": {"arguments": "{}"}}]},
+                {"role": "tool", "content": "3"},
+            ],
+            "messages[0].tool_calls.0.function.name: Field required",
+        ),
+    ],
+)
+def test_a_conversation_prompt_that_cannot_be_continued_is_one_clear_error(tmp_path, messages, message):
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": "x", "messages": messages}])
+    with pytest.raises(DataError, match=r"p\.jsonl line 1") as info:
+        list(load_prompts(PromptsConfig(source=str(prompts))))
+    assert message in str(info.value)
+
+
+def test_bad_tool_definitions_name_the_row_and_field(tmp_path):
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": "x", "question": "Hi?", "tools": [{"name": "f"}]}])
+    with pytest.raises(DataError, match=r"p\.jsonl line 1: field 'tools': tool 0: expected"):
+        list(load_prompts(PromptsConfig(source=str(prompts))))
+
+
+def test_plain_prompt_messages_are_sent_as_before(tmp_path):
+    """Extra keys of a dataset's messages are left out, so a plain conversation keeps its request key."""
+    prompts = write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            {
+                "id": "x",
+                "messages": [
+                    {"role": "system", "content": "Be brief.", "weight": 0},
+                    {"role": "user", "content": "Hi", "name": "bob"},
+                ],
+            }
+        ],
+    )
+    (item,) = load_prompts(PromptsConfig(source=str(prompts)))
+    assert item.teacher_messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
