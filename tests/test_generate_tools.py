@@ -5,6 +5,7 @@ OpenAI's API shapes them, and the records keep them (TRL's shape), through filte
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,11 @@ from typer.testing import CliRunner
 from seqdistill.backends.base import Request, Result
 from seqdistill.backends.validate import AnswerRules, check_result
 from seqdistill.cli import app
-from seqdistill.config import PromptsConfig
+from seqdistill.config import GenerateConfig, PromptsConfig, SamplingConfig
 from seqdistill.errors import DataError
 from seqdistill.prompts import load_prompts
 from seqdistill.records import Sample, sample_id
+from seqdistill.stages import generate
 from tests.conftest import read_jsonl, write_jsonl
 from tests.fake_openai_server import FakeOpenAIServer, Malformed, tool_answer_text
 
@@ -69,7 +71,7 @@ def prompt_rows() -> list[dict]:
     ]
 
 
-def generate(server, prompts: Path, output: Path, *extra: str):
+def generate_cli(server, prompts: Path, output: Path, *extra: str):
     args = [
         "generate",
         "--backend",
@@ -94,7 +96,7 @@ def by_prompt(path: Path) -> dict[str, Sample]:
 def test_generate_offers_tools_records_calls_and_continues_after_a_tool_result(server, tmp_path):
     prompts = write_jsonl(tmp_path / "prompts.jsonl", prompt_rows())
     out = tmp_path / "samples.jsonl"
-    result = generate(server, prompts, out)
+    result = generate_cli(server, prompts, out)
     assert result.exit_code == 0, result.output
     sent = {
         r["body"]["messages"][0]["content"] + str(len(r["body"]["messages"])): r["body"]
@@ -126,7 +128,7 @@ def test_generate_offers_tools_records_calls_and_continues_after_a_tool_result(s
     plain_row = next(r for r in read_jsonl(out) if r["prompt_id"] == "plain")
     assert "tools" not in plain_row and "tool_calls" not in plain_row["completion"][0]  # plain records unchanged
 
-    again = generate(server, prompts, out)  # resume: every sample is there, nothing is sent
+    again = generate_cli(server, prompts, out)  # resume: every sample is there, nothing is sent
     assert again.exit_code == 0 and len(server.chat_requests()) == 3
 
 
@@ -142,7 +144,7 @@ def test_tool_calls_pass_the_filter_and_a_call_with_bad_json_is_malformed(server
     ]
     prompts = write_jsonl(tmp_path / "prompts.jsonl", rows)
     out = tmp_path / "samples.jsonl"
-    assert generate(server, prompts, out).exit_code == 0  # bad JSON arguments are the teacher's: kept as data
+    assert generate_cli(server, prompts, out).exit_code == 0  # bad JSON arguments are the teacher's: kept as data
     assert by_prompt(out)["oslo"].completion[0].tool_calls[0].function.arguments == '{"city": Oslo'
     kept = tmp_path / "kept.jsonl"
     result = CliRunner().invoke(app, ["filter", str(out), "--output", str(kept), "--set", "check=none"])
@@ -249,3 +251,108 @@ def test_plain_prompt_messages_are_sent_as_before(tmp_path):
     )
     (item,) = load_prompts(PromptsConfig(source=str(prompts)))
     assert item.teacher_messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+
+
+# --- in-process backends ------------------------------------------------------------------------------
+
+
+def _with_template(tiny_model: str, tmp_path: Path, template: str) -> str:
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "teacher"
+    shutil.copytree(tiny_model, out)
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.chat_template = template
+    tok.save_pretrained(out)
+    return str(out)
+
+
+def _transformers_args(model: str, prompts: Path, output: Path) -> list[str]:
+    return ["generate", "--model", model, "--prompts", str(prompts), "--output", str(output),
+            "--set", "sampling.max_tokens=4", "--set", "sampling.seed=0"]  # fmt: skip
+
+
+def test_transformers_refuses_a_template_that_hides_tools(tiny_model, tmp_path):
+    """SmolLM2's template has no `tools`: the teacher would never see the definitions."""
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", prompt_rows()[:1])
+    result = CliRunner().invoke(app, _transformers_args(tiny_model, prompts, tmp_path / "s.jsonl"))
+    assert result.exit_code == 1
+    assert "does not render tool definitions (`tools`)" in result.output and "Traceback" not in result.output
+
+
+def test_transformers_renders_tools_and_tool_turns_through_the_template(tiny_model, tmp_path, caplog):
+    from seqdistill.backends.transformers_local import check_tool_rendering, render_prompt
+
+    qwen = (Path(__file__).parent / "templates" / "qwen2_5.jinja").read_text(encoding="utf-8")
+    model = _with_template(tiny_model, tmp_path, qwen)
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", prompt_rows()[:2])
+    out = tmp_path / "s.jsonl"
+    cfg = GenerateConfig(model=model, output=str(out), prompts=PromptsConfig(source=str(prompts)),
+                         sampling=SamplingConfig(max_tokens=4, seed=0))  # fmt: skip
+    assert generate.run(cfg)["generated"] == 2
+    assert "has no response template, so tool calls stay in the answer's text" in caplog.text
+    assert all(s.tools == [WEATHER] for s in by_prompt(out).values())
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model)
+    item = next(p for p in load_prompts(PromptsConfig(source=str(prompts))) if p.id == "answered")
+    req = Request(item.id, item.teacher_messages, [0], item.tools)
+    rendered = render_prompt(tok, req)
+    assert '"name": "get_weather"' in rendered and "<tool_response>\n" + RESULT in rendered
+    assert check_tool_rendering(tok, [req], model) is False  # renders them; no response template to parse calls
+
+
+def test_tool_calls_are_parsed_where_the_tokenizer_has_a_response_template(tiny_model):
+    from transformers import AutoTokenizer
+    from trl.chat_template_utils import add_response_schema
+
+    from seqdistill.backends.transformers_local import parse_answer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.chat_template = (Path(__file__).parent / "templates" / "qwen2_5.jinja").read_text(encoding="utf-8")
+    add_response_schema(tok)
+    prompt = tok.apply_chat_template([{"role": "user", "content": ASK}], tokenize=False, add_generation_prompt=True)
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    content, reasoning, calls = parse_answer(tok, call, prompt)
+    assert content == "" and calls == [
+        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+    ]
+    broken = call.replace('"Paris"', "Paris")
+    assert parse_answer(tok, broken, prompt) == (broken, None, None)  # kept whole: the teacher's data
+    assert parse_answer(tok, "Sunny.", prompt) == ("Sunny.", None, None)
+
+
+def test_vllm_gets_each_requests_tools(monkeypatch):
+    import importlib
+    import sys
+    import types
+    from types import SimpleNamespace
+
+    from seqdistill.config import GenerateConfig
+
+    calls = []
+
+    class LLM:
+        def __init__(self, **kwargs):
+            pass
+
+        def chat(self, conversations, params, use_tqdm=False, tools=None):
+            calls.append((len(conversations), tools))
+            done = SimpleNamespace(text="<tool_call>x</tool_call>", token_ids=[1], finish_reason="stop", logprobs=None)
+            return [SimpleNamespace(outputs=[done], prompt_token_ids=[1]) for _ in conversations]
+
+    fake = types.ModuleType("vllm")
+    fake.LLM, fake.SamplingParams = LLM, lambda **kw: SimpleNamespace(**kw)
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.delitem(sys.modules, "seqdistill.backends.vllm_offline", raising=False)
+    module = importlib.import_module("seqdistill.backends.vllm_offline")
+    backend = module.VLLMBackend(GenerateConfig(backend="vllm", model="m"))
+    user = [{"role": "user", "content": "hi"}]
+    requests = [Request("a", user, [0], [WEATHER]), Request("b", user, [0]), Request("c", user, [0], [WEATHER])]
+    results = list(backend.generate(requests, threading.Event()))
+    sys.modules.pop("seqdistill.backends.vllm_offline", None)
+    assert sorted(calls, key=str) == sorted([(2, [WEATHER]), (1, None)], key=str)
+    assert sorted(r.request.prompt_id for r in results) == ["a", "b", "c"]
