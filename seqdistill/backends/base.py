@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from abc import ABC, abstractmethod
@@ -94,3 +95,24 @@ def split_think(text: str) -> tuple[str | None, str]:
     if not m:
         return None, text
     return m.group(1).strip(), m.group(2).strip()
+
+
+def wire_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages as OpenAI's API (and vLLM's `LLM.chat`) take them: tool-call arguments as JSON strings.
+
+    The record holds arguments as objects (what chat templates render); the API's messages carry strings.
+    """
+    if not any(m.get("tool_calls") for m in messages):
+        return messages
+    out = []
+    for m in messages:
+        if m.get("tool_calls"):
+            calls = [
+                {**c, "function": {**c["function"], "arguments": json.dumps(c["function"]["arguments"])}}
+                if not isinstance(c["function"].get("arguments"), str)
+                else c
+                for c in m["tool_calls"]
+            ]
+            m = {**m, "tool_calls": calls}
+        out.append(m)
+    return out

@@ -29,7 +29,7 @@ from collections import Counter, deque
 from collections.abc import Iterator
 from typing import Any
 
-from seqdistill.backends.base import Backend, Failure, Request, Result, split_think
+from seqdistill.backends.base import Backend, Failure, Request, Result, split_think, wire_messages
 from seqdistill.backends.http import FastTransport, SDKTransport, StatusError, TransportError
 from seqdistill.backends.validate import RETRIED, AnswerRules, check_result, what
 from seqdistill.config import api_key
@@ -210,7 +210,12 @@ class OpenAIBackend(Backend):
         emit(Failure(req, kind, detail))
 
     async def _send(self, server: _Server, req: Request) -> dict[str, Any]:
-        body = {"model": self.cfg.model, "messages": _wire(req.messages), **self._params(req), **self.cfg.extra_body}
+        body = {
+            "model": self.cfg.model,
+            "messages": wire_messages(req.messages),
+            **self._params(req),
+            **self.cfg.extra_body,
+        }
         if req.tools:
             body["tools"] = req.tools
         try:
@@ -480,24 +485,6 @@ def _merged(items: list[Result | Failure]) -> list[Result | Failure]:
         else:
             by_kind[f.kind] = f
     return out + list(by_kind.values())
-
-
-def _wire(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Messages as OpenAI's API takes them: tool-call arguments as JSON strings (the record holds objects)."""
-    if not any(m.get("tool_calls") for m in messages):
-        return messages
-    out = []
-    for m in messages:
-        if m.get("tool_calls"):
-            calls = [
-                {**c, "function": {**c["function"], "arguments": json.dumps(c["function"]["arguments"])}}
-                if not isinstance(c["function"].get("arguments"), str)
-                else c
-                for c in m["tool_calls"]
-            ]
-            m = {**m, "tool_calls": calls}
-        out.append(m)
-    return out
 
 
 def _printable(text: str) -> str:

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import vllm  # noqa: F401  (ImportError here becomes "needs pip install 'seqdistill[vllm]'")
 
-from seqdistill.backends.base import Backend, Failure, Request, Result, split_think
+from seqdistill.backends.base import Backend, Failure, Request, Result, split_think, wire_messages
 from seqdistill.backends.validate import AnswerRules, check_result
 from seqdistill.models import resolve_model
 from seqdistill.records import Logprobs
@@ -93,8 +93,8 @@ class VLLMBackend(Backend):
                 log.warning(
                     "backend vllm: tool calls stay in the answer's text (serve with --tool-call-parser to parse)"
                 )
-            got = self.llm.chat([part[i].messages for i in members], [params[i] for i in members], use_tqdm=False,
-                                **kwargs)  # fmt: skip
+            conversations = [wire_messages(part[i].messages) for i in members]
+            got = self.llm.chat(conversations, [params[i] for i in members], use_tqdm=False, **kwargs)
             for i, out in zip(members, got, strict=True):
                 outputs[i] = out
         return outputs
