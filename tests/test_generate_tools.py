@@ -283,7 +283,7 @@ def test_transformers_refuses_a_template_that_hides_tools(tiny_model, tmp_path):
 
 
 def test_transformers_renders_tools_and_tool_turns_through_the_template(tiny_model, tmp_path, caplog):
-    from seqdistill.backends.transformers_local import check_tool_rendering, render_prompt
+    from seqdistill.backends.chat_template import check_tool_rendering, render_prompt
 
     qwen = (Path(__file__).parent / "templates" / "qwen2_5.jinja").read_text(encoding="utf-8")
     model = _with_template(tiny_model, tmp_path, qwen)
@@ -302,18 +302,15 @@ def test_transformers_renders_tools_and_tool_turns_through_the_template(tiny_mod
     req = Request(item.id, item.teacher_messages, [0], item.tools)
     rendered = render_prompt(tok, req)
     assert '"name": "get_weather"' in rendered and "<tool_response>\n" + RESULT in rendered
-    assert check_tool_rendering(tok, [req], model) is False  # renders them; no response template to parse calls
+    assert (
+        check_tool_rendering(tok, [req], model, "transformers") is False
+    )  # renders them; no response template to parse calls
 
 
 def test_tool_calls_are_parsed_where_the_tokenizer_has_a_response_template(tiny_model):
-    from transformers import AutoTokenizer
-    from trl.chat_template_utils import add_response_schema
+    from seqdistill.backends.chat_template import parse_answer
 
-    from seqdistill.backends.transformers_local import parse_answer
-
-    tok = AutoTokenizer.from_pretrained(tiny_model)
-    tok.chat_template = (Path(__file__).parent / "templates" / "qwen2_5.jinja").read_text(encoding="utf-8")
-    add_response_schema(tok)
+    tok = _qwen_parsing_tokenizer(tiny_model)
     prompt = tok.apply_chat_template([{"role": "user", "content": ASK}], tokenize=False, add_generation_prompt=True)
     call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
     content, reasoning, calls = parse_answer(tok, call, prompt)
@@ -325,23 +322,35 @@ def test_tool_calls_are_parsed_where_the_tokenizer_has_a_response_template(tiny_
     assert parse_answer(tok, "Sunny.", prompt) == ("Sunny.", None, None)
 
 
-def test_vllm_gets_each_requests_tools(monkeypatch):
+def _qwen_parsing_tokenizer(tiny_model: str):
+    from transformers import AutoTokenizer
+    from trl.chat_template_utils import add_response_schema
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.chat_template = (Path(__file__).parent / "templates" / "qwen2_5.jinja").read_text(encoding="utf-8")
+    return add_response_schema(tok)
+
+
+CALL_TEXT = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+
+
+def _vllm_backend(monkeypatch, tokenizer, calls: list):
+    """The vllm backend over a stand-in `vllm` module whose `LLM.chat` records its calls and answers CALL_TEXT."""
     import importlib
     import sys
     import types
     from types import SimpleNamespace
 
-    from seqdistill.config import GenerateConfig
-
-    calls = []
-
     class LLM:
         def __init__(self, **kwargs):
             pass
 
+        def get_tokenizer(self):
+            return tokenizer
+
         def chat(self, conversations, params, use_tqdm=False, tools=None):
             calls.append((len(conversations), tools))
-            done = SimpleNamespace(text="<tool_call>x</tool_call>", token_ids=[1], finish_reason="stop", logprobs=None)
+            done = SimpleNamespace(text=CALL_TEXT, token_ids=[1], finish_reason="stop", logprobs=None)
             return [SimpleNamespace(outputs=[done], prompt_token_ids=[1]) for _ in conversations]
 
     fake = types.ModuleType("vllm")
@@ -349,10 +358,27 @@ def test_vllm_gets_each_requests_tools(monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", fake)
     monkeypatch.delitem(sys.modules, "seqdistill.backends.vllm_offline", raising=False)
     module = importlib.import_module("seqdistill.backends.vllm_offline")
-    backend = module.VLLMBackend(GenerateConfig(backend="vllm", model="m"))
+    monkeypatch.delitem(sys.modules, "seqdistill.backends.vllm_offline")
+    return module.VLLMBackend(GenerateConfig(backend="vllm", model="m"))
+
+
+def test_vllm_gets_each_requests_tools_and_its_calls_are_parsed(monkeypatch, tiny_model):
+    calls: list = []
+    backend = _vllm_backend(monkeypatch, _qwen_parsing_tokenizer(tiny_model), calls)
     user = [{"role": "user", "content": "hi"}]
     requests = [Request("a", user, [0], [WEATHER]), Request("b", user, [0]), Request("c", user, [0], [WEATHER])]
-    results = list(backend.generate(requests, threading.Event()))
-    sys.modules.pop("seqdistill.backends.vllm_offline", None)
+    results = {r.request.prompt_id: r for r in backend.generate(requests, threading.Event())}
     assert sorted(calls, key=str) == sorted([(2, [WEATHER]), (1, None)], key=str)
-    assert sorted(r.request.prompt_id for r in results) == ["a", "b", "c"]
+    parsed = [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]
+    assert results["a"].tool_calls == parsed and results["a"].text == ""
+    assert results["b"].tool_calls is None and results["b"].text == CALL_TEXT  # no tools offered: text as it came
+
+
+def test_vllm_refuses_a_template_that_hides_tools(monkeypatch, tiny_model):
+    from transformers import AutoTokenizer
+
+    from seqdistill.errors import ConfigError
+
+    backend = _vllm_backend(monkeypatch, AutoTokenizer.from_pretrained(tiny_model), [])
+    with pytest.raises(ConfigError, match="backend vllm: the chat template of m does not render tool definitions"):
+        list(backend.generate([Request("a", [{"role": "user", "content": "hi"}], [0], [WEATHER])], threading.Event()))
