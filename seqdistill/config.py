@@ -42,6 +42,12 @@ class PromptsConfig(_Config):
     )
     id_field: str = Field("id", description="Field with a prompt id; a content hash when absent.")
     messages_field: str = Field("messages", description="Field with ready chat messages (used when no question).")
+    tools_field: str = Field("tools", description="Field with a prompt's own tool definitions (OpenAI style).")
+    tools: str | list[dict[str, Any]] | None = Field(
+        None,
+        description="Tool definitions (OpenAI style) for every prompt without its own: a list, or a JSON file "
+        "holding one; sent to the teacher, stored on the records.",
+    )
     system_prompt: str | None = Field(None, description="Student's system prompt.")
     template: str | None = Field(None, description="Student's user template: a .jinja path or inline Jinja.")
     teacher_system_prompt: str | None = Field(None, description="Teacher's system prompt (default: the student's).")
@@ -349,6 +355,10 @@ class TrainConfig(_Config):
     eval_fraction: float = Field(0.0, ge=0, lt=1, description="Share of examples held out for eval loss.")
     reasoning: Literal["think", "drop"] = Field(
         "think", description="Render reasoning_content as <think>…</think> before the answer, or drop it."
+    )
+    train_on: Literal["completion", "all_assistant"] = Field(
+        "completion",
+        description="Assistant turns to learn: the completion's, or also the prompt's earlier ones (conversations).",
     )
     kd_alpha: float = Field(
         0.0,

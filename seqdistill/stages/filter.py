@@ -104,7 +104,8 @@ class _Funnel:
     def reject(self, sample: Sample, drop: Drop, writer: AtomicWriter) -> None:
         self.dropped[drop.rule] += 1
         if len(self.examples[drop.rule]) < EXAMPLES_PER_RULE:
-            self.examples[drop.rule].append({"id": sample.id, "reason": drop.reason, "completion": sample.text[:200]})
+            shown = sample.text or sample.completion_text(include_reasoning=False)  # a conversation may lack an answer
+            self.examples[drop.rule].append({"id": sample.id, "reason": drop.reason, "completion": shown[:200]})
         sample.meta["rejected"] = {"rule": drop.rule, "reason": drop.reason}
         writer.write(sample.to_json())
 

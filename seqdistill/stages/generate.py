@@ -70,7 +70,11 @@ def plan(cfg: GenerateConfig, use_student_prompt: bool = False) -> tuple[list[Pr
             p.teacher_messages = p.messages
     sampling = sampling_key(cfg)
     model = model_identity(cfg.model)
-    ids = {(p.id, i): sample_id(p.id, model, p.teacher_messages, sampling, i) for p in prompts for i in range(cfg.n)}
+    ids = {
+        (p.id, i): sample_id(p.id, model, p.teacher_messages, sampling, i, p.tools)
+        for p in prompts
+        for i in range(cfg.n)
+    }
     return prompts, ids
 
 
@@ -81,7 +85,7 @@ def warn_shared_texts(prompts: list[PromptItem]) -> int:
     """
     by_text: dict[str, list[str]] = {}
     for p in prompts:
-        by_text.setdefault(json.dumps(p.teacher_messages, sort_keys=True), []).append(p.id)
+        by_text.setdefault(json.dumps([p.teacher_messages, p.tools], sort_keys=True), []).append(p.id)
     groups = [pids for pids in by_text.values() if len(pids) > 1]
     shared = sum(len(pids) for pids in groups)
     if shared:
@@ -146,7 +150,7 @@ def pending_requests(cfg: GenerateConfig, use_student_prompt: bool = False):
         if sid not in done:
             missing.setdefault(pid, []).append(idx)
     by_id = {p.id: p for p in prompts}
-    requests = [Request(pid, by_id[pid].teacher_messages, idxs) for pid, idxs in missing.items()]
+    requests = [Request(pid, by_id[pid].teacher_messages, idxs, by_id[pid].tools) for pid, idxs in missing.items()]
     return prompts, ids, done, requests
 
 
@@ -460,7 +464,12 @@ def _to_sample(cfg: GenerateConfig, prompt: PromptItem, result: Result, ids: dic
         prompt_id=prompt.id,
         sample_index=result.sample_index,
         prompt=[Message(**m) for m in prompt.messages],
-        completion=[Message(role="assistant", content=result.text, reasoning_content=result.reasoning)],
+        completion=[
+            Message(
+                role="assistant", content=result.text, reasoning_content=result.reasoning, tool_calls=result.tool_calls
+            )
+        ],
+        tools=prompt.tools,
         reference=prompt.reference,
         finish_reason=result.finish_reason,
         usage=result.usage,

@@ -325,8 +325,8 @@ def _measure(stats: KeptStats, batch: list[Sample], count: LengthFn) -> None:
 
 
 def completion_text(sample: Sample) -> str:
-    """What the student learns to write: each completion message's reasoning trace and content."""
-    return "\n".join(part for m in sample.completion for part in (m.reasoning_content, m.content) if part)
+    """What the student learns to write: the whole completion's text (`Sample.completion_text`)."""
+    return sample.completion_text()
 
 
 def length_counter(facts: RunFacts) -> tuple[LengthFn, str]:

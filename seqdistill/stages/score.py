@@ -121,6 +121,11 @@ def plan(cfg: ScoreConfig, tokenizer_name: str) -> tuple[list[_Item], int]:
         if not sample.completion:
             empty += 1
             continue
+        if sample.is_conversation:
+            raise ConfigError(
+                f"{cfg.input}: sample {sample.id} is a conversation (tools, tool calls or several completion "
+                "messages): score covers plain prompt-completion records only"
+            )
         prompt = teacher_messages(sample, context)
         completion = to_example(sample, cfg.reasoning)["completion"]
         key = score_id(sample.id, prompt, completion, teacher, tokenizer_name, cfg.logprobs)
