@@ -261,9 +261,12 @@ def report_cmd(
     run_dir: Annotated[str, typer.Argument(help="A pipeline run dir (holds summary.json), e.g. runs/demo.")],
     max_samples: Annotated[
         int,
-        typer.Option(min=1, help="Explorer page: at most this many samples per category (kept, each reject "
-                     "rule, each model's answers), chosen by hash; counts of the whole are shown."),
-    ] = 2000,
+        typer.Option(
+            min=1,
+            help="Explorer page: at most this many samples per category (kept, each reject "
+            "rule, each model's answers), chosen by hash; counts of the whole are shown.",
+        ),
+    ] = 2000,  # seqdistill.viewer.DEFAULT_MAX_SAMPLES (not imported here: --help stays light)
 ) -> None:
     """One HTML page (funnel, lengths, loss, accuracy), its figures as PNGs and a dataset card for a run."""
     from seqdistill.stages import report

@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from seqdistill import __version__
+from seqdistill import __version__, viewer
 from seqdistill.errors import ConfigError, DataError, SeqdistillError
 from seqdistill.io import read_samples, write_atomic, write_bytes
 from seqdistill.models import resolve_model
@@ -95,13 +95,11 @@ class Section:
     missing: str | None = None
 
 
-def run(run_dir: str, max_samples: int = 2000) -> dict[str, Any]:
+def run(run_dir: str, max_samples: int = viewer.DEFAULT_MAX_SAMPLES) -> dict[str, Any]:
     """Write the report page, its figures, the explorer page and the dataset card; return their paths.
 
     `max_samples`: at most this many records per category in the explorer (see seqdistill.viewer).
     """
-    from seqdistill import viewer
-
     facts = gather(Path(run_dir))
     kept = kept_stats(facts)
     sections = [funnel_section(facts.filter), lengths_section(kept), loss_section(facts), accuracy_section(facts)]

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from seqdistill.checks.answers import check
 from seqdistill.errors import DataError
-from seqdistill.io import describe_validation_error, iter_jsonl
+from seqdistill.io import describe_validation_error
 from seqdistill.records import Message, Sample
 
 MAX_TEXT = 20_000  # characters of one completion, reasoning trace or prompt kept in the page
@@ -163,32 +163,47 @@ class Reservoir:
 
     def offer(self, key: tuple[int, int], item: Any) -> None:
         self.seen += 1
-        entry = (-key[0], -key[1], self.seen, item)
+        neg = (-key[0], -key[1])
         if len(self.heap) < self.cap:
-            heapq.heappush(self.heap, entry)
-        elif self.cap and entry[:2] > self.heap[0][:2]:  # smaller key than the largest kept
-            heapq.heapreplace(self.heap, entry)
+            heapq.heappush(self.heap, (neg, self.seen, item))
+        elif self.cap and neg > self.heap[0][0]:  # a smaller key than the largest kept one
+            heapq.heapreplace(self.heap, (neg, self.seen, item))
 
     def items(self) -> list[Any]:
-        return [e[3] for e in self.heap]
+        return [e[2] for e in self.heap]
 
 
 def _h(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
 
 
-def selection_key(prompt_id: str, sample_id: str) -> tuple[int, int]:
-    """Order of preference: by prompt (so whole prompts are kept together), then by sample."""
-    return _h(prompt_id), _h(sample_id)
+class Keys:
+    """Selection keys: by prompt (so whole prompts are kept together), then by sample; prompt hashes cached."""
+
+    def __init__(self):
+        self.prompts: dict[str, int] = {}
+
+    def __call__(self, prompt_id: str, sample_id: str) -> tuple[int, int]:
+        p = self.prompts.get(prompt_id)
+        if p is None:
+            p = self.prompts[prompt_id] = _h(prompt_id)
+        return p, _h(sample_id)
 
 
 def numbered_samples(path: Path) -> Iterator[tuple[int, Sample]]:
-    """(line number, validated sample) for each record of a JSONL file; DataError names the bad line."""
-    for lineno, obj in iter_jsonl(path):
-        try:
-            yield lineno, Sample.model_validate(obj)
-        except ValidationError as e:
-            raise DataError(f"{path} line {lineno}: {describe_validation_error(e)}") from None
+    """(line number, validated sample) for each non-blank line; DataError names the first bad line.
+
+    Parses and validates each line in one step (pydantic's JSON mode: ~2x faster than json.loads and
+    validation apart, which counts on a 100,000-sample run).
+    """
+    with path.open("r", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, Sample.model_validate_json(line)
+            except ValidationError as e:
+                raise DataError(f"{path} line {lineno}: {describe_validation_error(e)}") from None
 
 
 def _clip(text: str | None) -> tuple[str | None, bool]:
@@ -232,6 +247,7 @@ def collect(inputs: ViewerInputs, max_samples: int) -> Payload:
     first_seen: dict[str, Sample] = {}
     teacher: dict[str, Reservoir] = {}
     totals: Counter[str] = Counter()
+    key = Keys()
     for cat, path in (("kept", inputs.kept), ("rejected", inputs.rejected)):
         if path is None:
             problems.append(f"no {cat} samples file was found in {inputs.run_dir}")
@@ -241,17 +257,18 @@ def collect(inputs: ViewerInputs, max_samples: int) -> Payload:
                 rule = str((s.meta.get("rejected") or {}).get("rule") or "unknown") if cat == "rejected" else None
                 bucket = "kept" if cat == "kept" else f"rejected:{rule}"
                 totals[bucket] += 1
-                _count(stats.setdefault(s.prompt_id, PromptStats()), cat, s)
-                teacher.setdefault(bucket, Reservoir(max_samples)).offer(
-                    selection_key(s.prompt_id, s.id), (cat, f"{path.name}:{lineno}", s)
-                )
-        except DataError as e:
+                st = stats.get(s.prompt_id) or stats.setdefault(s.prompt_id, PromptStats())
+                _count(st, cat, s)
+                if (r := teacher.get(bucket)) is None:
+                    r = teacher[bucket] = Reservoir(max_samples)
+                r.offer(key(s.prompt_id, s.id), (cat, path.name, lineno, s))
+        except (DataError, OSError, UnicodeDecodeError) as e:
             problems.append(f"{e} (the page shows what was read before it)")
-    cards = [_card(cat, src, s) for r in teacher.values() for cat, src, s in r.items()]
+    cards = [_card(cat, f"{name}:{line}", s) for r in teacher.values() for cat, name, line, s in r.items()]
     cards.sort(key=lambda c: (c.cat != "kept", c.src.split(":")[0], int(c.src.rsplit(":", 1)[1])))
     _measure(cards, inputs.count)
-    selected = [s for r in teacher.values() for _, _, s in r.items()]
-    evals = _collect_evals(inputs, max_samples, problems)
+    selected = [s for r in teacher.values() for *_, s in r.items()]
+    evals = _collect_evals(inputs, max_samples, problems, key)
     for s in selected:
         first_seen.setdefault(s.prompt_id, s)
     for _, samples in evals:
@@ -318,11 +335,11 @@ def _measure(cards: list[Card], count: LengthFn) -> None:
 
 
 def _collect_evals(
-    inputs: ViewerInputs, max_samples: int, problems: list[str]
+    inputs: ViewerInputs, max_samples: int, problems: list[str], key: Keys
 ) -> list[tuple[ModelAnswers, list[Sample]]]:
     """Each evaluated model's answers (capped, prompt-hash order) with their verdicts."""
     out = []
-    for key, e in inputs.evals.items():
+    for name, e in inputs.evals.items():
         if e.path is None:
             problems.append(f"{e.label}: its answers file was not found, so its answers are not shown")
             continue
@@ -330,13 +347,13 @@ def _collect_evals(
         try:
             for lineno, s in numbered_samples(e.path):
                 total += 1
-                res.offer(selection_key(s.prompt_id, s.id), (f"{e.path.name}:{lineno}", s))
-        except DataError as err:
+                res.offer(key(s.prompt_id, s.id), (lineno, s))
+        except (DataError, OSError, UnicodeDecodeError) as err:
             problems.append(f"{err} (the page shows what was read before it)")
-        chosen = sorted(res.items(), key=lambda x: int(x[0].rsplit(":", 1)[1]))
-        answers = [_answer(src, s, inputs.check) for src, s in chosen]
+        chosen = sorted(res.items(), key=lambda x: x[0])
+        answers = [_answer(f"{e.path.name}:{line}", s, inputs.check) for line, s in chosen]
         model = str(e.summary.get("model") or "")
-        out.append((ModelAnswers(key, e.label, model, total, answers), [s for _, s in chosen]))
+        out.append((ModelAnswers(name, e.label, model, total, answers), [s for _, s in chosen]))
     return out
 
 

@@ -52,13 +52,13 @@ def render(payload: Payload, title: str, footer: str) -> str:
     script, style = asset("explore.js"), asset("explore.css")
     data = embed_json(asdict(payload))
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{content_security_policy(script, style)}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{html.escape(title)}</title><style>{style}</style></head><body>"
         f'<header><h1>{html.escape(title)}</h1><nav id="tabs"></nav></header><main id="app">'
         "<noscript>This page needs JavaScript; report.html beside it shows the figures without it.</noscript>"
-        f'</main><footer><small>{html.escape(footer)}</small></footer>'
+        f"</main><footer><small>{html.escape(footer)}</small></footer>"
         f'<script type="application/json" id="data">{data}</script>'
         f"<script>{script}</script></body></html>\n"
     )

@@ -1,4 +1,4 @@
-// seqdistill explorer: renders the run data embedded in <script id="data"> (see seqdistill/viewer/page.py).
+// seqdistill explorer: renders the run data embedded in the page's JSON block "data" (see seqdistill/viewer/page.py).
 // Sample text is untrusted: this script never uses innerHTML, outerHTML, insertAdjacentHTML or
 // document.write; every string from the data becomes a text node (el.append(string)) or an attribute
 // value, and the only links it makes are in-page "#/..." routes.
