@@ -390,7 +390,9 @@ def test_prompt_view_shows_each_models_answer_side_by_side(view, tmp_path):
         view.page.click("table.heldout tbody tr[data-prompt='h2'] a")  # a row opens its prompt
         view.page.wait_for_selector("html[data-view='prompt']")
         assert "Held-out h2" in view.page.text_content("#app")
-        view.open(page)  # an accuracy bar links to the prompts that model got wrong
+        view.open(page)  # the accuracy figure: an interval where summary.json has one, each bar a link
+        assert "15.0% – 85.0%" in view.page.text_content("#accuracy table")
+        assert view.page.evaluate("document.querySelectorAll('#accuracy line.ci').length") == 3  # one whisker
         view.page.click("#accuracy a.barlink[data-label='student after']")
         view.wait(f"{rows}.length === 2")
         assert "student after wrong or unverifiable" in view.count_text()
@@ -514,5 +516,6 @@ def test_a_100k_sample_run_gives_a_page_that_opens_in_seconds(view, tmp_path):
         f"\n100k-sample run: write {made - start:.1f} s, report incl. explorer {reported - made:.1f} s, "
         f"page {size / 1e6:.1f} MB, opened in headless Chromium in {load:.2f} s, a search answered in {searched:.2f} s"
     )
-    # A loose bound, ~10x what was measured on a loaded 2-core machine: a wall-clock figure must not flake.
-    assert load < 30
+    # Measured 0.7 s to open (a 2-core machine at load 19): the bound is ~20x that, so a slow CI machine
+    # cannot make it flake; the figures above are what docs/viewer.md reports.
+    assert load < 15
