@@ -218,9 +218,13 @@ def _messages(messages: list[Message] | list[dict] | None) -> list[dict[str, str
         return None
     out = []
     for m in messages:
-        role, content = (m.role, m.content) if isinstance(m, Message) else (m.get("role"), m.get("content"))
-        if isinstance(m, dict | Message):
-            out.append({"role": str(role), "content": _clip(str(content or ""))[0] or ""})
+        if isinstance(m, Message):
+            role, content = m.role, m.content
+        elif isinstance(m, dict):
+            role, content = m.get("role"), m.get("content")
+        else:
+            continue  # meta.teacher_prompt is free-form metadata: skip what is not a message
+        out.append({"role": str(role), "content": _clip(str(content or ""))[0] or ""})
     return out
 
 
