@@ -64,7 +64,9 @@ def make_viewer_run(root: Path, *, evil: bool = False) -> Path:
     kept = [
         teacher_sample("p1", 0, "<think>add 40 and 2</think>The answer is \\boxed{42}.", pass_rate=0.5),
         teacher_sample("p2", 0, "40 + 2 = 42, so \\boxed{42}."),
-        teacher_sample("p3", 1, "Half is $\\frac{1}{2}$ and \\boxed{42}.\n```python\nprint(40 + 2)\n```"),
+        teacher_sample(
+            "p3", 1, "Half is $\\frac{1}{2}$ and \\boxed{42}, not \\boxed{}.\n```python\nprint(40 + 2)\n```"
+        ),
     ]
     rejects = [rejected("p1", 1, "It is \\boxed{7}.", "wrong_answer", "answer 7 != reference 42"),
                rejected("p2", 1, "\\boxed{8}", "wrong_answer", "answer 8 != reference 42"),
@@ -429,7 +431,8 @@ def test_reasoning_code_and_latex_render_readably(view, tmp_path):
         assert "add 40 and 2" in think.text_content() and "reasoning (12 characters)" in think.text_content()
         p3 = ".card[data-id^='p3-1']"
         assert view.page.text_content(f"{p3} .frac") == "1/2"
-        assert view.page.text_content(f"{p3} .boxed") == "42"
+        assert view.page.eval_on_selector_all(f"{p3} .boxed", "bs => bs.map(b => b.textContent)") == ["42"]
+        assert "not \\boxed{}." in view.page.text_content(f"{p3} > .text")  # an empty box stays as written
         assert view.page.text_content(f"{p3} .code pre code") == "print(40 + 2)"
         assert view.page.text_content(f"{p3} .code .lang") == "python"
         view.page.click(f"{p3} button.src-toggle")  # the raw text, one click away

@@ -62,7 +62,7 @@
       (per[m.key] = per[m.key] || []).push(a);
     }
   }
-  const heldout = [...answersOf.keys()];
+  const heldout = [...answersOf.keys()].sort((a, b) => a.localeCompare(b, "en", { numeric: true }));
   const rules = Object.keys(D.counts.rejected);
   const userText = (pid) => {
     const msgs = (prompts[pid] || {}).prompt || [];
@@ -163,7 +163,8 @@
         MATH.lastIndex = j;
       }
       if (m.index > i) out.append(text.slice(i, m.index));
-      out.append(tex(src, m[1] !== undefined || m[2] !== undefined, text.slice(m.index, end)));
+      if (/^\\(?:boxed|fbox)\s*\{\s*\}$/.test(src)) out.append(src); // an empty box reads better as written
+      else out.append(tex(src, m[1] !== undefined || m[2] !== undefined, text.slice(m.index, end)));
       i = end;
     }
     if (i < text.length) out.append(text.slice(i));
