@@ -247,37 +247,15 @@ def completion_parts(sample: Sample) -> tuple[str, str | None]:
 def collect(inputs: ViewerInputs, max_samples: int) -> Payload:
     """Read the run's samples and answers once and assemble the page's data (see the module docstring)."""
     problems: list[str] = []
-    stats: dict[str, PromptStats] = {}
-    first_seen: dict[str, Sample] = {}
-    teacher: dict[str, Reservoir] = {}
-    totals: Counter[str] = Counter()
     key = Keys()
-    for cat, path in (("kept", inputs.kept), ("rejected", inputs.rejected)):
-        if path is None:
-            problems.append(f"no {cat} samples file was found in {inputs.run_dir}")
-            continue
-        try:
-            for lineno, s in numbered_samples(path):
-                rule = str((s.meta.get("rejected") or {}).get("rule") or "unknown") if cat == "rejected" else None
-                bucket = "kept" if cat == "kept" else f"rejected:{rule}"
-                totals[bucket] += 1
-                st = stats.get(s.prompt_id) or stats.setdefault(s.prompt_id, PromptStats())
-                _count(st, cat, s)
-                if (r := teacher.get(bucket)) is None:
-                    r = teacher[bucket] = Reservoir(max_samples)
-                r.offer(key(s.prompt_id, s.id), (cat, path.name, lineno, s))
-        except (DataError, OSError, UnicodeDecodeError) as e:
-            problems.append(f"{e} (the page shows what was read before it)")
+    teacher, stats, totals = _read_teacher(inputs, max_samples, key, problems)
     cards = [_card(cat, f"{name}:{line}", s) for r in teacher.values() for cat, name, line, s in r.items()]
     cards.sort(key=lambda c: (c.cat != "kept", c.src.split(":")[0], int(c.src.rsplit(":", 1)[1])))
     _measure(cards, inputs.count)
-    selected = [s for r in teacher.values() for *_, s in r.items()]
     evals = _collect_evals(inputs, max_samples, problems, key)
-    for s in selected:
+    first_seen: dict[str, Sample] = {}  # the prompt's messages and reference come from its first record
+    for s in [s for r in teacher.values() for *_, s in r.items()] + [s for _, ss in evals for s in ss]:
         first_seen.setdefault(s.prompt_id, s)
-    for _, samples in evals:
-        for s in samples:
-            first_seen.setdefault(s.prompt_id, s)
     prompts = {pid: _prompt_info(s, stats.get(pid)) for pid, s in first_seen.items()}
     models = [m for m, _ in evals]
     counts = {
@@ -300,6 +278,31 @@ def collect(inputs: ViewerInputs, max_samples: int) -> Payload:
         evals=models,
         problems=problems,
     )
+
+
+def _read_teacher(
+    inputs: ViewerInputs, max_samples: int, key: Keys, problems: list[str]
+) -> tuple[dict[str, Reservoir], dict[str, PromptStats], Counter[str]]:
+    """Stream kept and rejected samples: a reservoir per category, per-prompt stats, counts per category."""
+    teacher: dict[str, Reservoir] = {}
+    stats: dict[str, PromptStats] = {}
+    totals: Counter[str] = Counter()
+    for cat, path in (("kept", inputs.kept), ("rejected", inputs.rejected)):
+        if path is None:
+            problems.append(f"no {cat} samples file was found in {inputs.run_dir}")
+            continue
+        try:
+            for lineno, s in numbered_samples(path):
+                rule = str((s.meta.get("rejected") or {}).get("rule") or "unknown") if cat == "rejected" else None
+                bucket = "kept" if cat == "kept" else f"rejected:{rule}"
+                totals[bucket] += 1
+                _count(stats.get(s.prompt_id) or stats.setdefault(s.prompt_id, PromptStats()), cat, s)
+                if (r := teacher.get(bucket)) is None:
+                    r = teacher[bucket] = Reservoir(max_samples)
+                r.offer(key(s.prompt_id, s.id), (cat, path.name, lineno, s))
+        except (DataError, OSError, UnicodeDecodeError) as e:
+            problems.append(f"{e} (the page shows what was read before it)")
+    return teacher, stats, totals
 
 
 def _count(st: PromptStats, cat: str, s: Sample) -> None:
