@@ -398,6 +398,9 @@ def test_prompt_view_shows_each_models_answer_side_by_side(view, tmp_path):
         view.page.click("#accuracy a.barlink[data-label='student after']")
         view.wait(f"{rows}.length === 2")
         assert "student after wrong or unverifiable" in view.count_text()
+        view.page.fill("input[name=q]", "Held-out")  # in every prompt: the search keeps the bar's filter
+        view.wait("location.hash.includes('q=Held-out')")
+        assert view.page.evaluate(f"{rows}.length") == 2
         assert view.errors == []
 
 

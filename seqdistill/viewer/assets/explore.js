@@ -367,6 +367,7 @@
       field("search", input("q", f.q, { type: "search", size: 24, placeholder: "text, answer, reason, id" })));
     let timer = null;
     const update = () => {
+      if (!form.isConnected) return; // a debounced update after the user has moved on to another view
       const next = {};
       for (const k of FILTERS) next[k] = form.elements[k].value;
       if (next.rule && !f.rule && !next.cat) next.cat = "rejected";
@@ -454,11 +455,19 @@
       field("search", input("q", f.q, { type: "search", size: 24 })));
     let timer = null;
     const update = () => {
-      history.replaceState(null, "", route("heldout", { show: form.elements.show.value, q: form.elements.q.value }));
+      if (!form.isConnected) return; // a debounced update after the user has moved on to another view
+      const show = form.elements.show.value;
+      const kept = show === (f.show || ""); // a bar's model filter (right=/wrong=) lasts until another is chosen
+      history.replaceState(null, "", route("heldout", { show, q: form.elements.q.value,
+        right: kept ? f.right : "", wrong: kept ? f.wrong : "" }));
       render();
     };
     form.addEventListener("change", update);
-    form.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(update, 200); });
+    form.addEventListener("input", (e) => {
+      if (e.target.name !== "q") return; // a select reports "change" too: update once, not twice
+      clearTimeout(timer);
+      timer = setTimeout(update, 200);
+    });
     const head = h("tr", null, h("th", null, "prompt"), h("th", null, "question"), h("th", null, "reference"),
       models.map((m) => h("th", null, m.label)));
     const body = h("tbody");
