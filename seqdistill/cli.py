@@ -330,12 +330,21 @@ def run_cmd(
 @command
 def report_cmd(
     run_dir: Annotated[str, typer.Argument(help="A pipeline run dir (holds summary.json), e.g. runs/demo.")],
+    max_samples: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Explorer page: at most this many samples per category (kept, each reject "
+            "rule, each model's answers), chosen by hash; counts of the whole are shown.",
+        ),
+    ] = 2000,  # seqdistill.viewer.DEFAULT_MAX_SAMPLES (not imported here: --help stays light)
 ) -> None:
     """One HTML page (funnel, lengths, loss, accuracy), its figures as PNGs and a dataset card for a run."""
     from seqdistill.stages import report
 
-    result = report.run(run_dir)
+    result = report.run(run_dir, max_samples=max_samples)
     out.print(f"report -> {result['html']}")
+    out.print(f"explorer -> {result['explore']} (open it in a browser: samples, rejects, answers)")
     if figures := [Path(f) for f in result["figures"].values()]:
         out.print(f"figures -> {figures[0].parent}: {', '.join(f.name for f in figures)}")
     out.print(f"dataset card -> {result['card']}" if result["card"] else "dataset card: not written (see above)")

@@ -5,12 +5,13 @@ reports, the generate manifest) and writes:
 - RUN_DIR/report/report.html: run facts, filter funnel, completion lengths, training loss, accuracy;
   figures inlined as base64 PNGs, inline CSS, no scripts, no external URLs (it opens offline, mails whole);
 - RUN_DIR/report/{funnel,lengths,loss,accuracy}.png: the same figures;
+- RUN_DIR/report/explore.html: the explorer of samples, rejects and model answers (seqdistill.viewer);
 - README.md beside the kept samples: a Hugging Face dataset card (DATASET_CARD.md if a README.md that
   seqdistill did not write is already there).
 A part the run did not produce (no eval section, no training, an interrupted eval) becomes a
 "not available" note saying why; it never stops the report. A missing run dir or summary.json does.
 
-Not covered: comparing runs, the rejected samples beyond the funnel's examples, interactive charts.
+Not covered here: comparing runs; browsing samples and rejects is the explorer's (seqdistill.viewer).
 Kept completions are streamed, but their lengths are held in memory (one int each).
 """
 
@@ -33,7 +34,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from seqdistill import __version__
+from seqdistill import __version__, viewer
 from seqdistill.errors import ConfigError, DataError, SeqdistillError
 from seqdistill.extras import installed
 from seqdistill.io import read_samples, write_atomic, write_bytes
@@ -97,8 +98,11 @@ class Section:
     missing: str | None = None
 
 
-def run(run_dir: str) -> dict[str, Any]:
-    """Write the report page, its figures and the dataset card; return their paths and the missing sections."""
+def run(run_dir: str, max_samples: int = viewer.DEFAULT_MAX_SAMPLES) -> dict[str, Any]:
+    """Write the report page, its figures, the explorer page and the dataset card; return their paths.
+
+    `max_samples`: at most this many records per category in the explorer (see seqdistill.viewer).
+    """
     facts = gather(Path(run_dir))
     kept = kept_stats(facts)
     sections = [funnel_section(facts.filter), lengths_section(kept), loss_section(facts), accuracy_section(facts)]
@@ -111,12 +115,14 @@ def run(run_dir: str) -> dict[str, Any]:
             figures[s.key] = str(png)
         else:
             png.unlink(missing_ok=True)  # no stale figure from an earlier report
+    explore = viewer.write(facts, kept, out, max_samples)
     page = out / "report.html"
-    write_atomic(page, [render_html(facts, kept, sections)])
+    write_atomic(page, [render_html(facts, kept, sections, explore.name)])
     card = write_card(facts, kept)
     log.info("report -> %s (%d figures)", page, len(figures))
     missing = {s.key: s.missing for s in sections if s.missing}
-    return {"html": str(page), "figures": figures, "card": str(card) if card else None, "missing": missing}
+    return {"html": str(page), "explore": str(explore), "figures": figures, "card": str(card) if card else None,
+            "missing": missing}  # fmt: skip
 
 
 # ---- reading the run dir -------------------------------------------------------------------------------------
@@ -653,10 +659,12 @@ nav a { margin-right: 1rem; }
 """
 
 
-def render_html(facts: RunFacts, kept: KeptStats, sections: list[Section]) -> str:
+def render_html(facts: RunFacts, kept: KeptStats, sections: list[Section], explore: str | None = None) -> str:
     """The whole page as one string: every value from the run is escaped; figures are data: URIs."""
     title = f"seqdistill report: {facts.run_dir.resolve().name}"
     nav = " ".join(f'<a href="#{s.key}">{_e(s.title)}</a>' for s in sections)
+    if explore:  # the explorer page beside this one: samples, rejects and model answers
+        nav += f' <a href="{_e(explore)}"><strong>Explore the samples and answers</strong></a>'
     parts = [
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{_e(title)}</title>'
