@@ -7,6 +7,7 @@ backend is exercised only where a GPU is present.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 
@@ -50,6 +51,7 @@ class VLLMBackend(Backend):
                     seed=s.seed,
                     stop=s.stop,
                     logprobs=self.cfg.logprobs,
+                    structured_outputs=structured_outputs(self.cfg.response_format),
                 )
                 for req in part
             ]
@@ -70,6 +72,19 @@ class VLLMBackend(Backend):
                     )
                     result = Result(req, idx, text, completion.finish_reason, reasoning, usage, logprobs)
                     yield check_result(result, rules)
+
+
+def structured_outputs(fmt: dict | None):
+    """An OpenAI `response_format` as vLLM's `StructuredOutputsParams` (vLLM ≥ 0.12), as vLLM's own server maps it."""
+    if not fmt or fmt.get("type") == "text":
+        return None
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if fmt["type"] == "json_object":
+        return StructuredOutputsParams(json_object=True)
+    if fmt["type"] == "json_schema":
+        return StructuredOutputsParams(json=fmt["json_schema"]["schema"])
+    return StructuredOutputsParams(structural_tag=json.dumps(fmt))
 
 
 def _compact_logprobs(token_ids, steps, k: int) -> Logprobs | None:

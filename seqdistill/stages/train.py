@@ -18,9 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from seqdistill.config import TrainConfig
+from seqdistill.adapters import read_input
+from seqdistill.config import InputFormatConfig, TrainConfig
 from seqdistill.errors import ConfigError, DataError
-from seqdistill.io import read_samples, write_json
+from seqdistill.io import write_json
 from seqdistill.records import Sample
 from seqdistill.stages.preflight import render, run_preflight
 
@@ -37,14 +38,14 @@ def to_example(sample: Sample, reasoning: str = "think") -> dict[str, list[dict[
     return {"prompt": prompt, "completion": [{"role": "assistant", "content": content}]}
 
 
-def training_samples(path: str, warn: bool = True) -> list[Sample]:
+def training_samples(path: str, warn: bool = True, fmt: InputFormatConfig | None = None) -> list[Sample]:
     """The samples of `path` with a completion, each sample id once: the first wins, as in filter.
 
     A repeated id (a file two runs appended to, or concatenated) would train twice on one sample; it is
     dropped with a warning rather than refused, since the first record is a complete sample.
     """
     samples, seen, repeated = [], set(), 0
-    for s in read_samples(path):
+    for s in read_input(path, fmt):
         if s.id in seen:
             repeated += 1
             continue
@@ -56,8 +57,8 @@ def training_samples(path: str, warn: bool = True) -> list[Sample]:
     return samples
 
 
-def load_examples(path: str, reasoning: str) -> list[dict[str, Any]]:
-    examples = [to_example(s, reasoning) for s in training_samples(path)]
+def load_examples(path: str, reasoning: str, fmt: InputFormatConfig | None = None) -> list[dict[str, Any]]:
+    examples = [to_example(s, reasoning) for s in training_samples(path, fmt=fmt)]
     if not examples:
         raise DataError(f"{path}: no samples to train on (did the filter keep anything? see its report)")
     return examples
@@ -225,7 +226,7 @@ def _inputs(cfg: TrainConfig) -> list[dict[str, Any]]:
         raise ConfigError("train needs an input file: seqdistill train KEPT.jsonl")
     if not cfg.model:
         raise ConfigError("train needs a student model: --model DIR (or bundled:smollm2)")
-    return load_examples(cfg.input, cfg.reasoning)
+    return load_examples(cfg.input, cfg.reasoning, cfg.input_format)
 
 
 def _require(module: str, message: str) -> None:
@@ -259,7 +260,8 @@ def attach_soft_targets(cfg: TrainConfig, tokenizer, examples: list[dict[str, An
     """
     from seqdistill.kd import TokenTable, require_same_vocabulary, teacher_targets
 
-    samples = training_samples(cfg.input, warn=False)  # the same samples, in the same order, as load_examples
+    # the same samples, in the same order, as load_examples
+    samples = training_samples(cfg.input, warn=False, fmt=cfg.input_format)
     logprobs = [s.logprobs for s in samples]
     k = max((lp.k for lp in logprobs if lp is not None), default=0)
     if not k:
@@ -268,7 +270,11 @@ def attach_soft_targets(cfg: TrainConfig, tokenizer, examples: list[dict[str, An
             "generate with --set logprobs=K (K ≤ 20) or run `seqdistill score` on the samples, or set kd_alpha: 0"
         )
     source = next((s.logprobs_source for s in samples if s.logprobs_source is not None), None)
-    teacher = cfg.kd_teacher_tokenizer or (source.tokenizer or source.model if source else samples[0].teacher.model)
+    teacher = cfg.kd_teacher_tokenizer or (
+        source.tokenizer or source.model if source else samples[0].teacher.model if samples[0].teacher else None
+    )
+    if teacher is None:
+        raise ConfigError("kd_alpha > 0: the samples do not name their teacher; set kd_teacher_tokenizer")
     teacher_tok = _load_tokenizer(teacher, "kd_teacher_tokenizer")
     require_same_vocabulary(teacher_tok.get_vocab(), tokenizer.get_vocab(), teacher, str(cfg.model))
     table = TokenTable(tokenizer)
