@@ -114,7 +114,13 @@ class _Adapter:
                 f"{KEY}.prompt and {KEY}.completion (see docs/datasets.md)"
             )
         self.indices: dict[str, int] = {}  # prompt id -> next sample index (rows holding one sample each)
-        how = "input_format.shape" if fmt.shape != "auto" else f"detected from {where}"
+        how = (
+            "input_format.shape"
+            if fmt.shape != "auto"
+            else "input_format.fields"
+            if self.shape == "columns"
+            else f"detected from {where}"
+        )
         (log.debug if self.shape == "seqdistill" else log.info)("%s: %s (%s)", source, SHAPE_NAMES[self.shape], how)
 
     def samples(self, row: dict[str, Any], where: str) -> Iterator[Sample]:
