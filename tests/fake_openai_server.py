@@ -15,6 +15,8 @@ token), `delay` (seconds before each answer), `fail_first` (the first K chat req
 `models` (404 "model not found" for other names), `reasoning_field` ("reasoning_content" or
 "reasoning": send a reasoning trace under that name), `malformed` (question -> `Malformed`: a
 healthy answer bent into a malformed one, for chosen prompts only, mixed into a healthy run).
+A request with a `response_format` of type json_schema or json_object is answered in JSON, as a server
+honouring structured output would: `{"answer": S, "work": "A + B = S"}` (`json_answer_text`).
 
 `/v1/completions` (what `seqdistill score` sends) is answered when the server is given `scorer`, a local
 transformers model dir: a token-id `prompt` is run through that REAL model (one unpadded forward, float32,
@@ -204,6 +206,8 @@ class FakeOpenAIServer:
         completion_tokens = 0
         for i in range(n):
             text = answer_text(question, i)
+            if (body.get("response_format") or {}).get("type") in ("json_schema", "json_object"):
+                text = json_answer_text(question, i)
             if self.long_answers:
                 text = _LONG_PREAMBLE + text
             words = text.split()
@@ -324,6 +328,15 @@ def answer_text(question: str, index: int) -> str:
         a, b = int(m.group(1)), int(m.group(2))
         return f"Sample {index}: {a} + {b} = {a + b}. The answer is \\boxed{{{a + b}}}."
     return f"Sample {index}: you said {question[:60]!r}."
+
+
+def json_answer_text(question: str, index: int) -> str:
+    """The JSON content answered to a request that asks for structured output."""
+    m = _QUESTION.search(question)
+    if m:
+        a, b = int(m.group(1)), int(m.group(2))
+        return json.dumps({"answer": a + b, "work": f"{a} + {b} = {a + b}", "sample": index})
+    return json.dumps({"echo": question[:60], "sample": index})
 
 
 def reasoning_text(question: str, index: int) -> str:
