@@ -50,7 +50,10 @@ log = logging.getLogger(__name__)
 
 ROWS_PER_SHARD = 50_000  # rows per Parquet file (one Arrow table in memory at a time)
 SPEAKERS = {"system": "system", "user": "human", "assistant": "gpt", "tool": "tool"}  # ShareGPT's names
-FREE_FORM = ("usage", "teacher", "sampling", "meta")  # record fields whose keys vary: Json columns
+# mappings whose keys the record does not fix: a struct of the keys they hold in this export, or Json when a key
+# holds lists, mappings or mixed types (meta always: its keys vary from record to record)
+MAPPINGS = ("usage", "teacher", "sampling")
+SCALARS = {"bool": "bool", "int": "int64", "float": "float64", "str": "string"}
 EXPORT_MARKER = "<!-- written by seqdistill export -->"  # `--overwrite` replaces only a folder with this card
 
 
@@ -84,7 +87,7 @@ def run(cfg: ExportConfig) -> ExportResult:
     tmp = target.with_name(f".{target.name}.export-{os.getpid()}.tmp")
     _remove_stale(target)
     try:
-        files = _write(cfg, tmp, test, splits)
+        files = _write(cfg, tmp, test, splits, scan)
         card = card_markdown(cfg, splits, files, scan)
         (tmp / "README.md").write_text(card, encoding="utf-8")
         _replace(tmp, target)
@@ -175,15 +178,24 @@ class _Scan:
     prompts: dict[str, int] = field(default_factory=dict)
     first: Sample | None = None
     lengths: list[int] = field(default_factory=list)  # words, as the report counts without a tokenizer
+    keys: dict[str, dict[str, set[str]]] = field(default_factory=lambda: {m: {} for m in MAPPINGS})
+
+    def add(self, sample: Sample) -> None:
+        self.first = self.first or sample
+        self.prompts[sample.prompt_id] = self.prompts.get(sample.prompt_id, 0) + 1
+        self.lengths.append(len(report.completion_text(sample).split()))
+        for name in MAPPINGS:  # the value types each key of the free-form mappings holds
+            value = getattr(sample, name)
+            items = (value.model_dump() if hasattr(value, "model_dump") else value or {}).items()
+            for key, v in items:
+                self.keys[name].setdefault(key, set()).add(type(v).__name__)
 
 
 def _scan(cfg: ExportConfig) -> _Scan:
     """Read the input once for the split and the card; an empty input is refused."""
     scan = _Scan()
     for sample in read_input(cfg.input, cfg.input_format):
-        scan.first = scan.first or sample
-        scan.prompts[sample.prompt_id] = scan.prompts.get(sample.prompt_id, 0) + 1
-        scan.lengths.append(len(report.completion_text(sample).split()))
+        scan.add(sample)
     if scan.first is None:
         raise DataError(f"{cfg.input}: no samples to export")
     return scan
@@ -210,11 +222,11 @@ def test_prompts(prompt_ids: list[str], test_size: float | None, seed: int) -> s
 # ---- writing -------------------------------------------------------------------------------------------------
 
 
-def _write(cfg: ExportConfig, folder: Path, test: set[str], splits: dict[str, int]) -> list[str]:
+def _write(cfg: ExportConfig, folder: Path, test: set[str], splits: dict[str, int], scan: _Scan) -> list[str]:
     """Write every split's files under `folder/data`; return the files (relative to `folder`)."""
     (folder / "data").mkdir(parents=True)
     if cfg.format == "parquet":
-        return _write_parquet(cfg, folder, test, splits)
+        return _write_parquet(cfg, folder, test, splits, record_features(scan.keys))
     handles = {name: (folder / "data" / f"{name}.jsonl").open("w", encoding="utf-8") for name in splits}
     try:
         for sample in read_input(cfg.input, cfg.input_format):
@@ -249,13 +261,12 @@ def to_row(sample: Sample, fmt: str) -> dict[str, Any]:
     return {"conversations": turns, "id": sample.id, "reference": sample.reference}
 
 
-def _write_parquet(cfg: ExportConfig, folder: Path, test: set[str], splits: dict[str, int]) -> list[str]:
+def _write_parquet(cfg: ExportConfig, folder: Path, test: set[str], splits: dict[str, int], features) -> list[str]:
     """Parquet shards of at most ROWS_PER_SHARD rows, named `<split>-0000i-of-0000n.parquet` as the Hub names them."""
     import datasets
 
     datasets.disable_progress_bars()
     shards = {name: max(1, math.ceil(n / ROWS_PER_SHARD)) for name, n in splits.items()}
-    features = record_features()
     files: list[str] = []
     buffers: dict[str, list[dict[str, Any]]] = {name: [] for name in splits}
     written: Counter[str] = Counter()
@@ -278,8 +289,13 @@ def _write_parquet(cfg: ExportConfig, folder: Path, test: set[str], splits: dict
     return sorted(files)
 
 
-def record_features():
-    """The `datasets` features of a record: messages as structs of their fields, free-form fields as Json."""
+def record_features(keys: dict[str, dict[str, set[str]]]):
+    """The `datasets` features of a record: messages as structs of their fields, `usage` / `teacher` / `sampling`
+    as structs of the keys they hold (Json when a key holds lists, mappings or mixed types), `meta` as Json.
+
+    Structs rather than Json where possible: `datasets` decodes Json columns with pandas' ujson, whose floats
+    may differ in the last digit (0.7 comes back as 0.7000000000000001).
+    """
     from datasets import Features, Json, List, Value
 
     message = {name: _feature(f.annotation) for name, f in Message.model_fields.items()}
@@ -287,13 +303,32 @@ def record_features():
     for name, f in Sample.model_fields.items():
         if name in ("prompt", "completion"):
             out[name] = List(message)
-        elif name in FREE_FORM:
+        elif name in MAPPINGS:
+            out[name] = _mapping_feature(keys[name])
+        elif name == "meta":
             out[name] = Json()
         elif name == "sample_index":
             out[name] = Value("int64")
         else:
             out[name] = _feature(f.annotation)
     return Features(out)
+
+
+def _mapping_feature(keys: dict[str, set[str]]):
+    """A struct of the keys a mapping holds in this export (int and float keys as float64), else Json."""
+    from datasets import Json, Value
+
+    fields = {}
+    for key, types in keys.items():
+        if types - {"NoneType"} - SCALARS.keys():  # a list or a mapping under this key
+            return Json()
+        kinds = {SCALARS[t] for t in types if t in SCALARS}
+        if kinds == {"int64", "float64"}:
+            kinds = {"float64"}
+        if len(kinds) > 1:
+            return Json()
+        fields[key] = Value(kinds.pop() if kinds else "string")
+    return fields or Json()
 
 
 def _feature(annotation: Any):
@@ -348,9 +383,11 @@ def card_markdown(cfg: ExportConfig, splits: dict[str, int], files: list[str], s
     made = report.provenance(facts, kept) if facts.filter or facts.manifest else [f"Source: `{cfg.input}`"]
     counts = ", ".join(f"{name}: {n}" for name, n in splits.items())
     parts = [
-        front_matter(splits, files, sum(splits.values())),
+        front_matter(sum(splits.values())),
         f"# {title}\n\n**{sum(splits.values())} samples** ({counts}) exported by `seqdistill export` from "
-        f"`{cfg.input}` in the `{cfg.format}` format. {_split_note(cfg)}\n",
+        f"`{cfg.input}` in the `{cfg.format}` format. {_split_note(cfg)} Files: "
+        + ", ".join(f"`{f}`" for f in files)
+        + ".\n",
         "## How it was made\n\n" + "\n".join(f"- {line}" for line in made) + "\n",
         f"## Filter funnel\n\n{report.funnel_markdown(facts.filter)}\n",
         f"## Format\n\n{format_markdown(cfg.format, scan.first)}\n",
@@ -375,14 +412,14 @@ def _split_note(cfg: ExportConfig) -> str:
     )
 
 
-def front_matter(splits: dict[str, int], files: list[str], count: int) -> str:
-    """YAML front matter naming each split's files, so `load_dataset(DIR)` reads exactly them."""
-    data_files = [
-        {"split": name, "path": [f for f in files if Path(f).name.startswith((f"{name}.", f"{name}-"))]}
-        for name in splits
-    ]
+def front_matter(count: int) -> str:
+    """YAML front matter (size, task, tags).
+
+    It names no `configs`: the split files follow the Hub's naming (`data/train.jsonl`, `data/test-*.parquet`),
+    which `load_dataset(DIR)` detects by itself. With `configs` in a local card, `datasets` 5.2 keys its cache by
+    the configs' relative paths and loads a stale copy after the files change, or another folder's files.
+    """
     meta = {
-        "configs": [{"config_name": "default", "data_files": data_files}],
         "task_categories": ["text-generation"],
         "size_categories": [report.size_category(count)],
         "tags": ["distillation", "synthetic", "seqdistill"],
