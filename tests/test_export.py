@@ -113,10 +113,7 @@ def test_the_card_names_the_files_and_tells_how_it_was_made(tmp_path):
     kept = _kept(tmp_path)
     export.run(ExportConfig(input=str(kept), to=str(tmp_path / "out"), format="sharegpt", test_size=0.1))
     card = (tmp_path / "out" / "README.md").read_text()
-    assert (
-        "Files: `data/test.jsonl`, `data/train.jsonl`." in card
-        or "Files: `data/train.jsonl`, `data/test.jsonl`." in card
-    )
+    assert "Files: `data/train.jsonl`, `data/test.jsonl`." in card
     assert "configs:" not in card  # datasets would key its cache on them and load stale copies (see front_matter)
     assert "| wrong_answer |" in card  # the filter funnel, from kept.report.json beside the input
     assert "Teacher: teacher (openai)" in card and "ShareGPT `conversations`" in card
