@@ -132,8 +132,10 @@ def test_an_existing_folder_is_refused_unless_it_is_an_earlier_export(tmp_path):
     assert (other / "notes.txt").read_text() == "keep me"
     out = tmp_path / "out"
     export.run(ExportConfig(input=str(kept), to=str(out), format="jsonl"))
-    export.run(ExportConfig(input=str(kept), to=str(out), format="parquet", overwrite=True))
-    assert sorted(p.name for p in (out / "data").iterdir()) == ["train-00000-of-00001.parquet"]
+    assert "prompt" in _load(out)["train"].column_names
+    export.run(ExportConfig(input=str(kept), to=str(out), format="messages", overwrite=True))
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["train.jsonl"]
+    assert _load(out)["train"].column_names == ["messages", "id", "reference"]  # the new files, not a cached copy
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no temporary folder left
 
 
