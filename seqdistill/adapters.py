@@ -339,6 +339,35 @@ def split_conversation(messages: list[Message], where: str, field: str) -> tuple
     return prompt, completion
 
 
+def prompt_of(row: dict[str, Any], where: str, messages_field: str = "messages") -> list[dict[str, Any]] | None:
+    """The prompt of a sample-shaped row, for `generate` and `eval` to answer again; None for other rows.
+
+    A TRL `prompt` (prompt-only or prompt-completion), ShareGPT `conversations` (with a `system` column), or
+    `messages` whose last turn is the assistant's: the turns after the last user turn (the old answer) are dropped.
+    `messages` ending with a user or tool turn are a conversation to continue, left to prompts.py (None).
+
+    >>> prompt_of({"prompt": [{"role": "user", "content": "2+2?"}], "completion": "4"}, "x")
+    [{'role': 'user', 'content': '2+2?'}]
+    """
+    given = row.get(messages_field)
+    answered = (
+        isinstance(given, list)
+        and bool(given)
+        and isinstance(given[-1], dict)
+        and given[-1].get("role") == "assistant"
+    )
+    if row.get("prompt") is not None and (isinstance(row["prompt"], list) or "completion" in row):
+        prompt = as_prompt(row["prompt"], where, "prompt")
+    elif row.get("conversations") is not None or answered:
+        field = "conversations" if row.get("conversations") is not None else messages_field
+        prompt, _ = split_conversation(to_messages(row[field], where, field), where, field)
+        if field == "conversations" and isinstance(row.get("system"), str):
+            prompt = _with_system(prompt, row["system"])
+    else:
+        return None  # not a sample: prompts.py reads it (a question, or a conversation to continue)
+    return [m.model_dump(exclude_none=True) for m in prompt]
+
+
 def as_prompt(value: Any, where: str, field: str) -> list[Message]:
     """A prompt column: a string is one user turn; a list holds messages."""
     if isinstance(value, str):

@@ -355,3 +355,46 @@ def test_train_reads_a_dataset_directly(tiny_model, tmp_path):
     assert len(examples) == 4
     assert examples[1]["completion"][0]["content"].endswith("\\boxed{6}.")
     assert train.run(cfg)["examples"] == 4
+
+
+# ---- generate and eval answer a sample dataset's prompts again -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rows", "kind", "sent"),
+    [
+        (fx.trl_prompt_completion_rows, "parquet", [["user"]]),
+        (fx.openthoughts_rows, "dir", [["system", "user"]]),
+        (fx.ultrachat_rows, "jsonl", [["user", "assistant", "user"]]),  # the history, not the last answer
+    ],
+)
+def test_generate_sends_only_the_prompt_of_a_sample_dataset(rows, kind, sent, tmp_path):
+    from tests.fake_openai_server import FakeOpenAIServer
+
+    source = fx.write_rows(rows(), tmp_path / "set", kind)
+    with FakeOpenAIServer(models=["teacher"]) as server:
+        result = runner.invoke(
+            app,
+            ["generate", "--backend", "openai", "--model", "teacher", "--base-url", server.base_url, "--prompts",
+             source, "--output", str(tmp_path / "samples.jsonl")],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        bodies = [r["body"] for r in server.chat_requests()]
+    assert len(bodies) == len(rows())
+    assert [[m["role"] for m in b["messages"]] for b in bodies] == sent * len(rows())  # the old answer is not sent
+
+
+def test_eval_on_a_trl_prompt_completion_set(tmp_path):
+    from tests.fake_openai_server import FakeOpenAIServer
+
+    source = write_jsonl(tmp_path / "heldout.jsonl", fx.trl_prompt_completion_rows())
+    with FakeOpenAIServer(models=["teacher"]) as server:
+        result = runner.invoke(
+            app,
+            ["eval", "--base-url", server.base_url, "--model", "teacher", "--prompts", str(source), "--check", "math",
+             "--output", str(tmp_path / "eval.jsonl"), "--set", "prompts.answer_field=reference"],
+        )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = read_jsonl(tmp_path / "eval.jsonl")
+    got = sorted((r["prompt"][0]["content"], r["reference"]) for r in rows)  # answers arrive in any order
+    assert got == [("What is 5 + 5?", "10"), ("What is 6 + 6?", "12"), ("What is 7 + 7?", "14")]
