@@ -89,10 +89,14 @@ def test_answer_is_canonical_json_of_the_checked_value():
     assert check("json", '{"answer": {"y": 1, "x": 2}}', "{}", check_field="answer").answer == '{"x":2,"y":1}'
 
 
-def test_a_schema_that_cannot_be_applied_is_unverifiable():
-    schema = {"$ref": "https://example.invalid/schema.json"}  # never fetched: referencing refuses remote refs
-    verdict = check("json", '{"a": 1}', None, json_schema=schema)
-    assert verdict.correct is None and verdict.reason.startswith("the schema cannot be applied")
+def test_a_remote_ref_is_never_fetched_and_makes_the_check_unverifiable():
+    with FakeOpenAIServer() as server:  # a real HTTP server the schema points at
+        schema = {"$ref": f"http://127.0.0.1:{server.port}/schema.json"}
+        verdict = check("json", '{"a": 1}', None, json_schema=schema)
+        assert server.requests() == []
+    assert verdict.correct is None and verdict.reason.startswith("the schema cannot be applied: Unresolvable")
+    local = {"$defs": {"n": {"type": "number"}}, "properties": {"a": {"$ref": "#/$defs/n"}}}
+    assert check("json", '{"a": "x"}', None, json_schema=local).reason == "$.a: 'x' is not of type 'number'"
 
 
 def test_schema_file_and_option_errors_are_one_line(tmp_path):

@@ -172,10 +172,16 @@ class JsonOptions(BaseModel):
 
 @functools.lru_cache(maxsize=16)
 def _validator(schema_text: str):
+    """The schema's validator, with an empty registry: a `$ref` to another document is never fetched.
+
+    (jsonschema 4.26 still fetches remote `$ref`s by default, with a deprecation warning: a check must not
+    reach the network, nor hang on it.)
+    """
     import jsonschema
+    from referencing import Registry
 
     schema = json.loads(schema_text)
-    return jsonschema.validators.validator_for(schema)(schema)
+    return jsonschema.validators.validator_for(schema)(schema, registry=Registry())
 
 
 def find_json(completion: str) -> tuple[str, str]:
@@ -252,8 +258,8 @@ def _schema_failure(doc: Any, schema: dict[str, Any]) -> Verdict | None:
     try:
         error = jsonschema.exceptions.best_match(_validator(canonical(schema)).iter_errors(doc))
     except Exception as e:  # an unresolvable $ref, a format checker failing: the schema, not the answer, is at fault
-        detail = _clip((str(e).splitlines() or [""])[0])
-        return Verdict(None, f"the schema cannot be applied: {type(e).__name__}: {detail}", None)
+        detail = _clip((str(e).splitlines() or [""])[0]) or type(e).__name__
+        return Verdict(None, f"the schema cannot be applied: {detail}", None)
     if error is None:
         return None
     return Verdict(False, f"{error.json_path}: {_clip(error.message)}", None)
