@@ -307,6 +307,9 @@ class FilterConfig(_Config):
         if self.output:
             return Path(self.output)
         src = Path(self.input or "samples.jsonl")
+        hub = not src.exists() and not src.suffix and "/" in str(self.input) and not str(self.input).startswith(".")
+        if hub and not src.is_absolute():  # a hub dataset (owner/name): written here, not in a folder named `owner`
+            return Path(src.name + ".kept.jsonl")
         return src.with_name(src.stem + ".kept.jsonl")
 
 

@@ -289,6 +289,11 @@ def test_cli_filter_on_a_trl_file_and_one_line_errors(tmp_path):
     assert f"{bad} line 1: no 'output' field" in errors[0] and "input_format.fields.completion" in errors[0]
 
 
+def test_default_output_of_a_hub_dataset_is_in_the_working_directory():
+    assert FilterConfig(input="open-r1/OpenR1-Math-220k").output_path().as_posix() == "OpenR1-Math-220k.kept.jsonl"
+    assert FilterConfig(input="runs/x/samples.jsonl").output_path().as_posix() == "runs/x/samples.kept.jsonl"
+
+
 def test_a_hub_name_offline_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     result = runner.invoke(app, ["filter", "open-r1/OpenR1-Math-220k", "--output", str(tmp_path / "k.jsonl")])
