@@ -403,3 +403,15 @@ def test_eval_on_a_trl_prompt_completion_set(tmp_path):
     rows = read_jsonl(tmp_path / "eval.jsonl")
     got = sorted((r["prompt"][0]["content"], r["reference"]) for r in rows)  # answers arrive in any order
     assert got == [("What is 5 + 5?", "10"), ("What is 6 + 6?", "12"), ("What is 7 + 7?", "14")]
+
+
+def test_score_plans_an_imported_dataset(tmp_path):
+    """`seqdistill score` reads any shape too: the plan (what the teacher scores) of a ShareGPT Parquet file."""
+    from seqdistill.config import ScoreConfig
+    from seqdistill.stages import score
+
+    source = fx.write_rows(fx.sharegpt_rows(), tmp_path / "sg", "parquet")
+    cfg = ScoreConfig(input=source, model="teacher", input_format={"fields": {"reference": "gold"}})
+    items, empty = score.plan(cfg, "teacher")
+    assert empty == 0 and [i.sample.id for i in items] == ["sharegpt-7", "sharegpt-8", "sharegpt-9"]
+    assert items[0].prompt == [{"role": "user", "content": "What is 7 + 1?"}]
