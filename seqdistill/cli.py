@@ -352,6 +352,34 @@ def report_cmd(
         err.print(f"{key}: not available ({escape(why)})", highlight=False)
 
 
+@app.command("export")
+@command
+def export_cmd(
+    input: Annotated[str | None, typer.Argument(help="Kept samples (any shape filter reads).")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="Folder to write; load it with load_dataset(DIR).")] = None,
+    format: Annotated[str | None, typer.Option(help="parquet | jsonl | messages | sharegpt.")] = None,
+    test_size: Annotated[float | None, typer.Option(help="Share of the prompts held out as a test split.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the split.")] = None,
+    push_to_hub: Annotated[str | None, typer.Option(help="Also upload to this Hub dataset repo (owner/name).")] = None,
+    private: Annotated[bool, typer.Option("--private", help="Create the Hub repo private.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier export in --to.")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Write kept samples as a dataset folder with its card (train/test splits when asked); optionally upload it."""
+    from seqdistill.stages import export
+
+    flags = {
+        "input": input, "to": to, "format": format, "test_size": test_size, "seed": seed, "push_to_hub": push_to_hub,
+        "private": private or None, "overwrite": overwrite or None,
+    }  # fmt: skip
+    result = export.run(load_stage("export", config, flags, set_))
+    out.print(f"export ({result.format}) -> {result.to}: " + ", ".join(f"{k} {n}" for k, n in result.splits.items()))
+    out.print(f"dataset card -> {result.card}")
+    if result.pushed:
+        out.print(f"uploaded -> https://huggingface.co/datasets/{result.pushed}")
+
+
 def summary_table(summary: dict[str, Any]):
     """The pipeline's one-screen summary: data funnel, training, held-out accuracy before -> after."""
     from rich.table import Table

@@ -56,6 +56,75 @@ class PromptsConfig(_Config):
     limit: int | None = Field(None, ge=1, description="Use only the first N prompts.")
 
 
+Shape = Literal["auto", "seqdistill", "prompt_completion", "messages", "sharegpt", "columns"]
+
+
+class FieldMap(_Config):
+    """Which columns of an existing dataset hold what (docs/datasets.md); unset keys use the shape's own names."""
+
+    prompt: str | None = Field(
+        None, description="Column with the prompt: a string (one user turn) or a list of messages."
+    )
+    completion: str | None = Field(
+        None,
+        description="Column with the completion: a string, a list of messages, or a list of strings "
+        "(one sample per generation).",
+    )
+    reference: str | None = Field(None, description="Column with the reference answer (any shape).")
+    reference_pattern: str | None = Field(
+        None, description="Regex whose first group extracts the reference from that column (GSM8K: '####\\s*(.+)')."
+    )
+    system: str | None = Field(None, description="Column with a system prompt put before the prompt (any shape).")
+    prompt_id: str | None = Field(
+        None, description="Column with the prompt id (default: the row's prompt_id, else a hash of the prompt)."
+    )
+    reasoning: str | None = Field(
+        None, description="Column with the completion's reasoning trace (a string, or a list beside the generations)."
+    )
+    finish_reason: str | None = Field(
+        None, description="Column with the finish reason (a string, or a list beside the generations)."
+    )
+    per_generation: list[str] = Field(
+        default_factory=list,
+        description="Columns holding one value per generation (e.g. correctness_math_verify): each sample keeps "
+        "its own value in meta.source.",
+    )
+    messages: str = Field("messages", description="Column with TRL `messages` (shape messages).")
+    conversations: str = Field("conversations", description="Column with ShareGPT turns (shape sharegpt).")
+
+    @field_validator("reference_pattern")
+    @classmethod
+    def _compiles(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"{pattern!r} is not a valid regular expression: {e}") from None
+        return pattern
+
+
+class InputFormatConfig(_Config):
+    """How a stage reads samples it did not write: the dataset's split, its shape, and its columns."""
+
+    shape: Shape = Field(
+        "auto",
+        description="auto (detected from the first row) | seqdistill | prompt_completion | messages | sharegpt | "
+        "columns (set by fields.prompt / fields.completion).",
+    )
+    split: str = Field("train", description="Split to read from a dataset dir or hub dataset.")
+    subset: str | None = Field(None, description="Hub dataset config name.")
+    fields: FieldMap = Field(default_factory=FieldMap)
+
+    @model_validator(mode="after")
+    def _columns_need_fields(self) -> InputFormatConfig:
+        mapped = self.fields.prompt is not None or self.fields.completion is not None
+        if self.shape == "columns" and not (self.fields.prompt and self.fields.completion):
+            raise ValueError("shape columns needs fields.prompt and fields.completion (the columns that hold them)")
+        if mapped and self.shape not in ("auto", "columns"):
+            raise ValueError(f"fields.prompt / fields.completion map columns: they do not go with shape {self.shape}")
+        return self
+
+
 class SamplingConfig(_Config):
     temperature: float = Field(0.7, ge=0, description="0 means greedy.")
     top_p: float = Field(1.0, gt=0, le=1)
@@ -121,6 +190,11 @@ class GenerateConfig(_Config):
     shutdown_timeout: float = Field(30.0, ge=0, description="After a first Ctrl-C, seconds to wait for in-flight.")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     extra_body: dict[str, Any] = Field(default_factory=dict, description="Extra request fields (e.g. top_k).")
+    response_format: str | dict[str, Any] | None = Field(
+        None,
+        description="Structured output: a JSON Schema file, or an OpenAI response_format mapping "
+        "({type: json_schema, json_schema: {name, schema}}), that constrains decoding (openai, vllm backends).",
+    )
     # an empty answer (no content, no reasoning) is a failed request, asked again (backends/validate.py)
     keep_empty_answers: ClassVar[bool] = False
 
@@ -146,6 +220,13 @@ class GenerateConfig(_Config):
                 )
         return value
 
+    @field_validator("response_format")
+    @classmethod
+    def _check_response_format(cls, value: str | dict[str, Any] | None) -> dict[str, Any] | None:
+        from seqdistill.checks.answers.json import response_format
+
+        return None if value is None else response_format(value)
+
     @model_validator(mode="after")
     def _check_budget(self) -> GenerateConfig:
         if self.max_cost is not None and not (self.price_input_per_m or self.price_output_per_m):
@@ -161,10 +242,19 @@ class GenerateConfig(_Config):
 
 
 class FilterConfig(_Config):
-    input: str | None = Field(None, description="Samples file to filter.")
+    input: str | None = Field(
+        None, description="Samples to filter: JSONL, Parquet, a saved dataset dir or a hub name, in any shape."
+    )
+    input_format: InputFormatConfig = Field(default_factory=InputFormatConfig)
     output: str | None = Field(None, description="Kept samples (default: <input stem>.kept.jsonl).")
     check: str = Field("math", description=f"Answer check: {check_names_text()} (see docs/checks.md).")
     check_pattern: str | None = Field(None, description="check regex: the pattern whose first group is the answer.")
+    json_schema: str | dict[str, Any] | None = Field(
+        None, description="check json: the JSON Schema (a file, or inline) the answer must validate against."
+    )
+    check_field: str | None = Field(
+        None, description="check json: the answer's field compared with the reference, e.g. $.answer ($: the whole)."
+    )
     check_timeout: float = Field(5.0, gt=0, description="Seconds one answer check may take (then: unverifiable).")
     unsafe_code_check: bool = Field(
         False,
@@ -236,6 +326,9 @@ class FilterConfig(_Config):
         if self.output:
             return Path(self.output)
         src = Path(self.input or "samples.jsonl")
+        hub = not src.exists() and not src.suffix and "/" in str(self.input) and not str(self.input).startswith(".")
+        if hub and not src.is_absolute():  # a hub dataset (owner/name): written here, not in a folder named `owner`
+            return Path(src.name + ".kept.jsonl")
         return src.with_name(src.stem + ".kept.jsonl")
 
 
@@ -307,7 +400,10 @@ class OnPolicyConfig(_Config):
 
 
 class TrainConfig(_Config):
-    input: str | None = Field(None, description="Kept samples file.")
+    input: str | None = Field(
+        None, description="Kept samples: JSONL, Parquet, a saved dataset dir or a hub name, in any shape."
+    )
+    input_format: InputFormatConfig = Field(default_factory=InputFormatConfig)
     model: str | None = Field(None, description="Student: HF model dir or bundled:smollm2.")
     output: str = Field("student", description="Directory for the trained model and its report.")
     epochs: float = Field(2.0, gt=0)
@@ -411,6 +507,12 @@ class EvalConfig(GenerateConfig):
     n: int = Field(1, ge=1, description="Samples per prompt; pass@1 is averaged over them.")
     check: str = Field("math", description="Answer check, as in filter.")
     check_pattern: str | None = Field(None, description="check regex: the pattern whose first group is the answer.")
+    json_schema: str | dict[str, Any] | None = Field(
+        None, description="check json: the JSON Schema (a file, or inline) the answer must validate against."
+    )
+    check_field: str | None = Field(
+        None, description="check json: the answer's field compared with the reference, e.g. $.answer ($: the whole)."
+    )
     check_timeout: float = Field(5.0, gt=0, description="Seconds one answer check may take (then: unverifiable).")
     workers: int = Field(0, ge=0, description="Processes for answer checks (0: in this process).")
     unsafe_code_check: bool = Field(
@@ -432,7 +534,10 @@ class ScoreConfig(GenerateConfig):
     engine_args, ...) are generate's keys; what only generation uses is refused when set.
     """
 
-    input: str | None = Field(None, description="Samples file whose completions the teacher scores.")
+    input: str | None = Field(
+        None, description="Samples whose completions the teacher scores (any shape filter reads)."
+    )
+    input_format: InputFormatConfig = Field(default_factory=InputFormatConfig)
     output: str = Field("scored.jsonl", description="Scored samples file; appended to, and resumed from.")
     logprobs: int = Field(
         5,
@@ -456,7 +561,7 @@ class ScoreConfig(GenerateConfig):
 
     @model_validator(mode="after")
     def _refuse_generation_keys(self) -> ScoreConfig:
-        unused = {"n", "sampling", "split_think", "max_output_tokens", "max_cost", "pilot_prompts"}
+        unused = {"n", "sampling", "split_think", "max_output_tokens", "max_cost", "pilot_prompts", "response_format"}
         unused &= self.model_fields_set
         unused |= {f"prompts.{k}" for k in ("source", "teacher_template") if k in self.prompts.model_fields_set}
         if unused:
@@ -465,6 +570,29 @@ class ScoreConfig(GenerateConfig):
                 "teacher's prompt (meta.teacher_prompt, or prompts.teacher_system_prompt / prompts.teacher_examples)"
             )
         return self
+
+
+class ExportConfig(_Config):
+    """`seqdistill export`: kept samples as a folder that `datasets.load_dataset(DIR)` loads (docs/export.md)."""
+
+    input: str | None = Field(None, description="Kept samples to export (any shape filter reads).")
+    input_format: InputFormatConfig = Field(default_factory=InputFormatConfig)
+    to: str | None = Field(None, description="Folder to write (refused when it exists and is not empty).")
+    format: Literal["parquet", "jsonl", "messages", "sharegpt"] = Field(
+        "parquet",
+        description="parquet / jsonl: the records as they are; messages: TRL `messages`; sharegpt: "
+        "`conversations` of from/value turns.",
+    )
+    test_size: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Share of the prompts held out as a test split (all samples of a prompt go together).",
+    )
+    seed: int = Field(0, description="Seed of the train/test split.")
+    overwrite: bool = Field(False, description="Replace the folder when it exists (written by an earlier export).")
+    push_to_hub: str | None = Field(None, description="Also upload the folder to this Hub dataset repo (owner/name).")
+    private: bool = Field(False, description="Create the Hub repo private.")
 
 
 class PipelineConfig(_Config):
@@ -477,6 +605,9 @@ class PipelineConfig(_Config):
     eval: EvalConfig | None = Field(None, description="Held-out eval (prompts with references).")
     score: ScoreConfig | None = Field(
         None, description="Teacher scoring of the samples (`seqdistill score`; `seqdistill run` does not run it)."
+    )
+    export: ExportConfig | None = Field(
+        None, description="Export of the kept samples (`seqdistill export`; `seqdistill run` does not run it)."
     )
     reference_baseline: bool = Field(
         False,
@@ -494,6 +625,12 @@ class PipelineConfig(_Config):
         cfg.filter.input = cfg.filter.input or cfg.generate.output
         cfg.filter.output = cfg.filter.output or str(d / "kept.jsonl")
         cfg.train.input = cfg.train.input or cfg.filter.output
+        if cfg.filter.check == "json" and cfg.filter.json_schema is None and cfg.generate.response_format:
+            from seqdistill.checks.answers.json import schema_of  # the schema generate constrained to
+
+            cfg.filter.json_schema = schema_of(cfg.generate.response_format)
+        if cfg.export is not None:
+            cfg.export.input = cfg.export.input or cfg.filter.output
         if "output" not in self.train.model_fields_set:
             cfg.train.output = str(d / "student")
         if cfg.eval is not None and "output" not in self.eval.model_fields_set:
@@ -509,9 +646,10 @@ class PipelineConfig(_Config):
         return cfg
 
 
-SECTIONS = ("generate", "filter", "train", "eval", "score")
+SECTIONS = ("generate", "filter", "train", "eval", "score", "export")
 _STAGE_CLASSES: dict[str, type[_Config]] = {
     "generate": GenerateConfig, "filter": FilterConfig, "train": TrainConfig, "eval": EvalConfig, "score": ScoreConfig,
+    "export": ExportConfig,
 }  # fmt: skip
 
 
@@ -729,6 +867,9 @@ def reference_markdown() -> str:
         ("filter", FilterConfig, ""),
         ("train", TrainConfig, ""),
         ("train: `onpolicy.*` (with `objective: onpolicy`)", OnPolicyConfig, "onpolicy."),
+        ("filter / train / score / export: `input_format.*` (docs/datasets.md)", InputFormatConfig, "input_format."),
+        ("`input_format.fields.*`: the columns that hold each part", FieldMap, "input_format.fields."),
+        ("export (docs/export.md)", ExportConfig, ""),
     ]
     lines: list[str] = []
     for title, cls, prefix in sections:
@@ -742,7 +883,10 @@ def reference_markdown() -> str:
         "| key | default | meaning |",
         "|---|---|---|",
     ]
-    keys = ("check", "check_pattern", "check_timeout", "workers", "unsafe_code_check", "prompt", "allow_mixed_output")
+    keys = (
+        "check", "check_pattern", "json_schema", "check_field", "check_timeout", "workers", "unsafe_code_check",
+        "prompt", "allow_mixed_output",
+    )  # fmt: skip
     lines += [_row(name, EvalConfig.model_fields[name]) for name in keys]
     own = [name for name in ScoreConfig.model_fields if name not in GenerateConfig.model_fields or name == "output"]
     lines += [

@@ -197,7 +197,7 @@ def _sft_pool(cfg: TrainConfig, tokenizer) -> list[tuple[list[int], list[int]]]:
     from seqdistill.stages.train import load_examples
 
     pool = []
-    for example in load_examples(cfg.input, cfg.reasoning):
+    for example in load_examples(cfg.input, cfg.reasoning, fmt=cfg.input_format):
         full, start = render(tokenizer, example)
         if 0 < start < len(full):
             pool.append((full[:start], full[start:]))

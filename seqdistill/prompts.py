@@ -106,6 +106,11 @@ class _Renderer:
     def render(self, row: dict[str, Any], where: str) -> list[dict[str, str]]:
         messages = [{"role": "system", "content": self.system}] if self.system else []
         messages += self.examples
+        if self.cfg.question_field not in row:  # a dataset of samples: answer its prompts again (docs/datasets.md)
+            from seqdistill.adapters import prompt_of
+
+            if (given := prompt_of(row, where, self.cfg.messages_field)) is not None:
+                return messages + (given[1:] if given and given[0]["role"] == "system" and self.system else given)
         if self.cfg.messages_field in row and self.cfg.question_field not in row:
             given = row[self.cfg.messages_field]
             if not isinstance(given, list) or not all(isinstance(m, dict) and "role" in m for m in given):

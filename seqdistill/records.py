@@ -271,7 +271,7 @@ class Sample(BaseModel):
     reference: str | None = Field(default=None, description="Reference answer, when the prompt set has one.")
     finish_reason: str | None = Field(default=None, description="'stop', 'length' (truncated), ...")
     usage: Usage = Field(default_factory=Usage)
-    teacher: Teacher
+    teacher: Teacher | None = Field(default=None, description="Who generated it (absent for imported datasets).")
     sampling: dict[str, Any] = Field(default_factory=dict)
     meta: dict[str, Any] = Field(default_factory=dict)
 

@@ -20,6 +20,8 @@ healthy answer bent into a malformed one, for chosen prompts only, mixed into a 
 shapes a call: `content: null`, `tool_calls: [{id, type: "function", function: {name, arguments:
 JSON string}}]`, finish_reason "tool_calls"). A conversation that ends with a tool result is answered
 from it: `tool_answer_text(result, index)`.
+A request with a `response_format` of type json_schema or json_object is answered in JSON, as a server
+honouring structured output would: `{"answer": S, "work": "A + B = S"}` (`json_answer_text`).
 
 `/v1/completions` (what `seqdistill score` sends) is answered when the server is given `scorer`, a local
 transformers model dir: a token-id `prompt` is run through that REAL model (one unpadded forward, float32,
@@ -225,6 +227,8 @@ class FakeOpenAIServer:
                 text = tool_answer_text(str(last.get("content")), i)
             else:
                 text = answer_text(question, i)
+                if (body.get("response_format") or {}).get("type") in ("json_schema", "json_object"):
+                    text = json_answer_text(question, i)
             if self.long_answers:
                 text = _LONG_PREAMBLE + text
             words = text.split()
@@ -350,6 +354,15 @@ def answer_text(question: str, index: int) -> str:
 def tool_answer_text(result: str, index: int) -> str:
     """What the server answers for choice `index` of a conversation that ends with a tool's `result`."""
     return f"Sample {index}: the tool says {result}."
+
+
+def json_answer_text(question: str, index: int) -> str:
+    """The JSON content answered to a request that asks for structured output."""
+    m = _QUESTION.search(question)
+    if m:
+        a, b = int(m.group(1)), int(m.group(2))
+        return json.dumps({"answer": a + b, "work": f"{a} + {b} = {a + b}", "sample": index})
+    return json.dumps({"echo": question[:60], "sample": index})
 
 
 def reasoning_text(question: str, index: int) -> str:

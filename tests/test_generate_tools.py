@@ -206,8 +206,8 @@ def test_configured_tools_apply_to_rows_without_their_own_and_change_the_sample_
     ("messages", "message"),
     [
         (
-            [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
-            "field 'messages' ends with assistant: a prompt ends with a user or tool turn",
+            [{"role": "system", "content": "Be brief."}, {"role": "assistant", "content": "Hello"}],
+            "'messages' has no user turn: no prompt to learn to answer",
         ),
         (
             [{"role": "user", "content": "Hi", "tool_calls": [{"function": {"name": "f"}}]}],
@@ -227,6 +227,19 @@ def test_a_conversation_prompt_that_cannot_be_continued_is_one_clear_error(tmp_p
     with pytest.raises(DataError, match=r"p\.jsonl line 1") as info:
         list(load_prompts(PromptsConfig(source=str(prompts))))
     assert message in str(info.value)
+
+
+def test_an_answered_conversation_is_asked_again_without_its_old_answer(tmp_path):
+    """A dataset row whose `messages` end with the assistant's answer: the teacher answers the last user turn anew."""
+    messages = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "5"},
+    ]
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": "x", "messages": messages}])
+    (item,) = load_prompts(PromptsConfig(source=str(prompts)))
+    assert item.messages == messages[:3]
 
 
 def test_bad_tool_definitions_name_the_row_and_field(tmp_path):

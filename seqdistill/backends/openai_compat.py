@@ -242,6 +242,8 @@ class OpenAIBackend(Backend):
             params["logprobs"] = True
             if self.cfg.logprobs:
                 params["top_logprobs"] = self.cfg.logprobs
+        if self.cfg.response_format:  # OpenAI structured outputs; vLLM's server reads the same field
+            params["response_format"] = self.cfg.response_format
         return params
 
     def _status_error(self, e: StatusError, server: _Server) -> Exception:

@@ -10,6 +10,7 @@ use the vllm or openai backends for real throughput.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 
@@ -18,6 +19,8 @@ from seqdistill.backends.chat_template import check_tool_rendering, parse_answer
 from seqdistill.backends.validate import AnswerRules, check_result
 from seqdistill.models import load_model
 from seqdistill.records import Logprobs
+
+log = logging.getLogger(__name__)
 
 
 class TransformersBackend(Backend):
@@ -33,6 +36,11 @@ class TransformersBackend(Backend):
         self.model.to(self.device)
         if cfg.sampling.seed is not None:
             torch.manual_seed(cfg.sampling.seed)
+        if cfg.response_format:  # transformers has no constrained decoding (docs/structured-output.md)
+            log.warning(
+                "the transformers backend does not constrain decoding to response_format: samples may not match "
+                "the schema; filter them with --check json (or use the vllm / openai backends)"
+            )
 
     def generate(self, requests: list[Request], stop: threading.Event) -> Iterator[Result | Failure]:
         rules = AnswerRules.for_config(self.cfg)

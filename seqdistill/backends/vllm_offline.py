@@ -62,6 +62,7 @@ class VLLMBackend(Backend):
                     seed=s.seed,
                     stop=s.stop,
                     logprobs=self.cfg.logprobs,
+                    structured_outputs=structured_outputs(self.cfg.response_format),
                 )
                 for req in part
             ]
@@ -99,6 +100,19 @@ class VLLMBackend(Backend):
             for i, out in zip(members, got, strict=True):
                 outputs[i] = out
         return outputs
+
+
+def structured_outputs(fmt: dict | None):
+    """An OpenAI `response_format` as vLLM's `StructuredOutputsParams` (vLLM ≥ 0.12), as vLLM's own server maps it."""
+    if not fmt or fmt.get("type") == "text":
+        return None
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if fmt["type"] == "json_object":
+        return StructuredOutputsParams(json_object=True)
+    if fmt["type"] == "json_schema":
+        return StructuredOutputsParams(json=fmt["json_schema"]["schema"])
+    return StructuredOutputsParams(structural_tag=json.dumps(fmt))
 
 
 def _compact_logprobs(token_ids, steps, k: int) -> Logprobs | None:

@@ -24,6 +24,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from seqdistill.adapters import read_input
 from seqdistill.checks.answers import NONE, majority, options_from_config, vote_key
 from seqdistill.checks.decontam import Decontaminate, load_eval_texts
 from seqdistill.checks.near_dup import NearDuplicateCompletion, NearDuplicatePrompt
@@ -33,7 +34,7 @@ from seqdistill.checks.rules import AnswerCheck, Drop, DuplicateId, ExactDuplica
 from seqdistill.config import FilterConfig
 from seqdistill.errors import ConfigError
 from seqdistill.extras import require
-from seqdistill.io import AtomicWriter, check_output, read_samples, write_json
+from seqdistill.io import AtomicWriter, check_output, write_json
 from seqdistill.progress import progress_bar
 from seqdistill.records import Sample
 
@@ -165,7 +166,7 @@ def _first_pass(cfg, rules, funnel, rejected, survivors):
         progress_bar(None, "filter") as bar,
     ):
         votes = _votes(cfg, pool) if cfg.vote and answer is not None else {}
-        for block in _blocks(read_samples(cfg.input), BLOCK):
+        for block in _blocks(read_input(cfg.input, cfg.input_format), BLOCK):
             total += len(block)
             drops: list[Drop | None] = [_first_drop(before, s) for s in block]
             if answer is not None:
@@ -209,7 +210,7 @@ def _votes(cfg: FilterConfig, pool: CheckPool) -> dict[str, tuple[str | None, fl
     prompt_ids: deque[str] = deque()  # the prompt of each completion handed to the pool, in order
 
     def unlabelled() -> Iterator[str]:
-        for sample in read_samples(cfg.input):
+        for sample in read_input(cfg.input, cfg.input_format):
             if sample.reference or not sample.completion or sample.finish_reason == "length":
                 continue
             prompt_ids.append(sample.prompt_id)

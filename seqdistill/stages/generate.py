@@ -59,6 +59,8 @@ def sampling_key(cfg: GenerateConfig) -> dict[str, Any]:
     key = cfg.sampling.model_dump()
     if cfg.extra_body:
         key["extra_body"] = cfg.extra_body
+    if cfg.response_format:  # a constrained sample is another sample
+        key["response_format"] = cfg.response_format
     return key
 
 
@@ -118,7 +120,7 @@ def read_output(path: Path) -> tuple[set[str], set[tuple[str, str]]]:
     ids, settings = set(), set()
     for s in read_samples(path):
         ids.add(s.id)
-        settings.add((s.teacher.model, json.dumps(s.sampling, sort_keys=True)))
+        settings.add((s.teacher.model if s.teacher else "(no teacher)", json.dumps(s.sampling, sort_keys=True)))
     return ids, settings
 
 

@@ -718,7 +718,7 @@ def teacher_name(facts: RunFacts, kept: KeptStats) -> str:
     if facts.manifest and facts.manifest.get("teacher"):
         t = facts.manifest["teacher"]
         return f"{t.get('model')} ({t.get('backend')})"
-    if kept.first:
+    if kept.first and kept.first.teacher:
         return f"{kept.first.teacher.model} ({kept.first.teacher.backend})"
     return str((facts.evals.get("teacher") or {}).get("model") or "unknown")
 

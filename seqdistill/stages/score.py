@@ -29,6 +29,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from seqdistill import __version__
+from seqdistill.adapters import read_input
 from seqdistill.backends import resolve_backend
 from seqdistill.backends.score_base import Failure, ScoreRequest, ScoreResult, create_score_backend
 from seqdistill.config import ScoreConfig
@@ -115,7 +116,7 @@ def plan(cfg: ScoreConfig, tokenizer_name: str) -> tuple[list[_Item], int]:
     context = _teacher_context(cfg)
     teacher = model_identity(cfg.model)
     items, empty = [], 0
-    for sample in read_samples(cfg.input):
+    for sample in read_input(cfg.input, cfg.input_format):
         if not in_shard(sample.prompt_id, cfg.shard):
             continue
         if not sample.completion:

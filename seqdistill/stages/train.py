@@ -28,10 +28,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from seqdistill.config import TrainConfig
+from seqdistill.adapters import read_input
+from seqdistill.config import InputFormatConfig, TrainConfig
 from seqdistill.errors import ConfigError, DataError
 from seqdistill.extras import require
-from seqdistill.io import check_output_dir, exclusive_lock, read_samples, write_json
+from seqdistill.io import check_output_dir, exclusive_lock, write_json
 from seqdistill.records import Message, Sample
 from seqdistill.stages.preflight import PreflightError, conversation_tokens, render, run_preflight
 
@@ -94,14 +95,14 @@ def training_rows(tokenizer, examples: list[dict[str, Any]]) -> list[dict[str, A
     return rows
 
 
-def training_samples(path: str, warn: bool = True) -> list[Sample]:
+def training_samples(path: str, warn: bool = True, fmt: InputFormatConfig | None = None) -> list[Sample]:
     """The samples of `path` with a completion, each sample id once: the first wins, as in filter.
 
     A repeated id (a file two runs appended to, or concatenated) would train twice on one sample; it is
     dropped with a warning rather than refused, since the first record is a complete sample.
     """
     samples, seen, repeated = [], set(), 0
-    for s in read_samples(path):
+    for s in read_input(path, fmt):
         if s.id in seen:
             repeated += 1
             continue
@@ -113,9 +114,11 @@ def training_samples(path: str, warn: bool = True) -> list[Sample]:
     return samples
 
 
-def load_examples(path: str, reasoning: str, train_on: str = "completion") -> list[dict[str, Any]]:
+def load_examples(
+    path: str, reasoning: str, train_on: str = "completion", *, fmt: InputFormatConfig | None = None
+) -> list[dict[str, Any]]:
     """The training examples of `path`: all prompt-completion, or all conversations when any record is one."""
-    examples = [to_example(s, reasoning, train_on) for s in training_samples(path)]
+    examples = [to_example(s, reasoning, train_on) for s in training_samples(path, fmt=fmt)]
     if not examples:
         raise DataError(f"{path}: no samples to train on (did the filter keep anything? see its report)")
     if any("messages" in ex for ex in examples):
@@ -299,7 +302,7 @@ def _inputs(cfg: TrainConfig) -> list[dict[str, Any]]:
         raise ConfigError("train needs an input file: seqdistill train KEPT.jsonl")
     if not cfg.model:
         raise ConfigError("train needs a student model: --model DIR (or bundled:smollm2)")
-    examples = load_examples(cfg.input, cfg.reasoning, cfg.train_on)
+    examples = load_examples(cfg.input, cfg.reasoning, cfg.train_on, fmt=cfg.input_format)
     if cfg.kd_alpha > 0 and "messages" in examples[0]:
         raise ConfigError(
             f"{cfg.input}: kd_alpha > 0 (soft targets) covers plain prompt-completion records only, and this file "
@@ -339,7 +342,8 @@ def attach_soft_targets(cfg: TrainConfig, tokenizer, examples: list[dict[str, An
     """
     from seqdistill.kd import TokenTable, require_same_vocabulary, teacher_targets
 
-    samples = training_samples(cfg.input, warn=False)  # the same samples, in the same order, as load_examples
+    # the same samples, in the same order, as load_examples
+    samples = training_samples(cfg.input, warn=False, fmt=cfg.input_format)
     logprobs = [s.logprobs for s in samples]
     k = max((lp.k for lp in logprobs if lp is not None), default=0)
     if not k:
@@ -348,7 +352,11 @@ def attach_soft_targets(cfg: TrainConfig, tokenizer, examples: list[dict[str, An
             "generate with --set logprobs=K (K ≤ 20) or run `seqdistill score` on the samples, or set kd_alpha: 0"
         )
     source = next((s.logprobs_source for s in samples if s.logprobs_source is not None), None)
-    teacher = cfg.kd_teacher_tokenizer or (source.tokenizer or source.model if source else samples[0].teacher.model)
+    teacher = cfg.kd_teacher_tokenizer or (
+        source.tokenizer or source.model if source else samples[0].teacher.model if samples[0].teacher else None
+    )
+    if teacher is None:
+        raise ConfigError("kd_alpha > 0: the samples do not name their teacher; set kd_teacher_tokenizer")
     teacher_tok = _load_tokenizer(teacher, "kd_teacher_tokenizer")
     require_same_vocabulary(teacher_tok.get_vocab(), tokenizer.get_vocab(), teacher, str(cfg.model))
     table = TokenTable(tokenizer)
