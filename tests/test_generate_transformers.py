@@ -99,9 +99,13 @@ def test_ctrl_c_finishes_the_batch_in_progress_then_resume_completes(tiny_model,
     ]
     env = {**os.environ, "SEQDISTILL_NO_PROGRESS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
+    # wait for two written batches, however slow the machine (importing torch under load can take a minute):
+    # the signal must land while batches are being generated, not during start-up
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline and (not out.exists() or out.read_text().count("\n") < 8):
+        assert proc.poll() is None, proc.communicate()[1]
         time.sleep(0.05)
+    assert out.read_text().count("\n") >= 8, "no two batches written within 300 s"
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
