@@ -332,7 +332,8 @@ def run_cmd(
     if print_recipe:
         import yaml
 
-        out.print(yaml.safe_dump(pipeline.recipe(print_recipe), sort_keys=False), end="", markup=False)
+        text = yaml.safe_dump(pipeline.recipe(print_recipe), sort_keys=False)
+        out.print(text, end="", markup=False, highlight=False, soft_wrap=True)  # YAML as it is: no wrapping
         return
     if not config:
         raise SeqdistillError("run needs a recipe: --config RECIPE.yaml (or --print-recipe RUN_DIR to write one)")

@@ -122,6 +122,10 @@ def of_config(cfg: BaseModel, models: tuple[str, ...] = ("model",)) -> Fingerpri
         if isinstance(value, str) and Path(value).is_file():
             inputs[key] = file_identity(value)
             data.pop(key)  # the file by its content: a copy elsewhere is the same input
+    if data.get("backend") == "auto":  # what auto picks on this machine: a run with it equals one naming it
+        from seqdistill.backends import resolve_backend
+
+        data["backend"] = resolve_backend("auto")
     for key in models:
         if isinstance(data.get(key), str):
             data[key] = model_identity(data[key])  # a retrained local model is another model
