@@ -314,13 +314,30 @@ def eval_cmd(
 @app.command("run")
 @command
 def run_cmd(
-    config: Annotated[str, typer.Option("--config", "-c", help="Pipeline recipe (YAML).")],
+    config: Annotated[str | None, typer.Option("--config", "-c", help="Pipeline recipe (YAML).")] = None,
     set_: SetOpt = None,
+    force: Annotated[
+        list[str] | None,
+        typer.Option(help="Redo this stage even if its output is unchanged: generate|filter|eval|train|reference."),
+    ] = None,
+    print_recipe: Annotated[
+        str | None, typer.Option("--print-recipe", metavar="RUN_DIR", help="Print the recipe of what RUN_DIR holds.")
+    ] = None,
 ) -> None:
-    """The whole pipeline: generate -> filter -> eval teacher/student -> train -> eval student."""
+    """The whole pipeline: generate -> filter -> eval teacher/student -> train -> eval student.
+
+    A stage whose output exists with the same settings and inputs is reused; the log says why each is redone."""
     from seqdistill.stages import pipeline
 
-    summary = pipeline.run(load_pipeline(config, set_))
+    if print_recipe:
+        import yaml
+
+        text = yaml.safe_dump(pipeline.recipe(print_recipe), sort_keys=False)
+        out.print(text, end="", markup=False, highlight=False, soft_wrap=True)  # YAML as it is: no wrapping
+        return
+    if not config:
+        raise SeqdistillError("run needs a recipe: --config RECIPE.yaml (or --print-recipe RUN_DIR to write one)")
+    summary = pipeline.run(load_pipeline(config, set_), force=frozenset(force or ()))
     for stage in (summary["generate"], *summary.get("eval", {}).values()):
         _stopped(stage)
     out.print(summary_table(summary))
@@ -391,7 +408,9 @@ def summary_table(summary: dict[str, Any]):
     table.add_column()
     g, f = summary["generate"], summary.get("filter", {})
     table.add_row("prompts", str(g["prompts"]))
-    table.add_row("samples", f"{g['requested']} ({g['generated']} new, {g['truncated']} truncated)")
+    present = g.get("samples", g["requested"])  # what the samples file holds, whichever run wrote it
+    new, cut = g.get("generated_this_run", g["generated"]), g["truncated"]
+    table.add_row("samples", f"{present} of {g['requested']} requested ({new} new this run, {cut} truncated)")
     for row in f.get("funnel", []):
         table.add_row(f"  dropped: {row['rule']}", str(row["dropped"]))
     table.add_row("kept", str(f.get("kept")))
@@ -413,6 +432,8 @@ def summary_table(summary: dict[str, Any]):
         table.add_row("held-out accuracy: student", f"{acc('student_before')} -> {acc('student_after')}")
         if "student_reference" in e:
             table.add_row("held-out accuracy: student on reference answers", acc("student_reference"))
+    for stage, done in (summary.get("invocation") or {}).items():  # what this run reused, and why it redid the rest
+        table.add_row(f"this run: {stage}", escape(f"{done['action']} ({done['why']})"))
     comparisons = [Comparison(**c) for c in summary.get("comparisons") or []]
     for c in comparisons:  # a - b on the prompts both answered, with the paired test
         table.add_row(f"paired: {c.a.replace('_', ' ')} - {c.b.replace('_', ' ')}", str(c))

@@ -577,6 +577,15 @@ def write_bytes(path: str | Path, data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
+def read_json_object(path: str | Path) -> dict[str, Any] | None:
+    """A JSON object from a file this tool wrote (a manifest, a report), or None when absent or unreadable."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write one JSON document atomically (reports, manifests)."""
     write_atomic(path, [json.dumps(obj, indent=2, ensure_ascii=False, default=str)])

@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 from collections import Counter
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from seqdistill.checks.answers import Verdict, get_check, score
 from seqdistill.records import Message, Sample, ToolCall
@@ -140,12 +140,17 @@ class AnswerCheck(Rule):
         self.verdicts[verdict.label] += 1
         if verdict.timed_out:
             self.verdicts["timed_out"] += 1
-        sample.meta["check"] = {"name": self.checker, "result": verdict.label, "answer": verdict.answer}
+        sample.meta["check"] = check_record(self.checker, verdict)
         if verdict.correct is False:
             return Drop("wrong_answer", verdict.reason)
         if verdict.correct is None and not self.keep_unverifiable:
             return Drop("unverifiable", verdict.reason)
         return None
+
+
+def check_record(check: str, verdict: Verdict) -> dict[str, Any]:
+    """A verdict as a record carries it in `meta.check` (filter and eval write the same shape)."""
+    return {"name": check, "result": verdict.label, "answer": verdict.answer, "reason": verdict.reason}
 
 
 def normalize_completion(text: str) -> str:

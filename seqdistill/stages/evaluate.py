@@ -8,23 +8,36 @@ see stats.py); `majority_accuracy` scores each prompt by its most frequent answe
 None when it equals `accuracy` by construction (one sample per prompt, or greedy sampling). `per_prompt` holds
 each prompt's (correct, scored) sample counts, so two evals on the same prompts can be compared pair by pair.
 Unverifiable answers count as not correct.
+
+Each answer's verdict is written back into the output (`meta.check`: check name, result, extracted answer,
+reason; the shape filter writes), and the accuracy with its interval into the manifest beside it
+(`<output stem>.manifest.json`, with the model's weights id and the fingerprint `seqdistill run` reuses).
+One eval file holds one model: a model is identified by its weights (`models.model_identity`), so a
+retrained student at the same path is evaluated into `<output stem>-<weights id>.jsonl`, never mixed in.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 from collections import Counter, defaultdict, deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from seqdistill import stats
+from seqdistill import fingerprint, rundir, stats
 from seqdistill.checks.answers import CHECK_NAMES, NONE, Check, get_check, majority, options_from_config, vote_key
+from seqdistill.checks.answers.base import Verdict
 from seqdistill.checks.pool import CheckPool
+from seqdistill.checks.rules import check_record
 from seqdistill.config import EvalConfig
-from seqdistill.errors import ConfigError
-from seqdistill.io import read_samples
+from seqdistill.errors import ConfigError, DataError
+from seqdistill.io import iter_jsonl, read_json_object, read_samples, write_atomic, write_json
+from seqdistill.models import model_identity
 from seqdistill.prompts import load_prompts
 from seqdistill.stages import generate
+
+log = logging.getLogger(__name__)
 
 
 def check_config(cfg: EvalConfig) -> Check:
@@ -40,9 +53,60 @@ def check_config(cfg: EvalConfig) -> Check:
     return check
 
 
+def run(cfg: EvalConfig, role: str | None = None) -> dict[str, Any]:
+    """Evaluate `cfg.model` into `cfg.output`, or into a file of its own when that one holds another model's
+    answers. `role` (teacher, student_before, ... in `seqdistill run`) is recorded in the manifest."""
+    check_config(cfg)  # before any generation: a missing reference must not cost a whole run
+    target = output_for_model(cfg)
+    if target != Path(cfg.output):
+        cfg = cfg.model_copy(update={"output": str(target)})
+    return _run(cfg, role)
+
+
+def output_for_model(cfg: EvalConfig) -> Path:
+    """`cfg.output`, unless it holds answers of another model (or other weights at the same path): then
+    `<stem>-<weights id>.jsonl` beside it, said in the log. Rows this model already wrote stay where they are."""
+    output, identity = Path(cfg.output), model_identity(cfg.model)
+    other = _other_model(output, cfg.model or "", identity)
+    if other is None:
+        return output
+    tag = identity.rpartition("@")[2] if "@" in identity else hashlib.sha256(identity.encode()).hexdigest()
+    target = rundir.with_weights(output, tag[:8])
+    if _other_model(target, cfg.model or "", identity) is not None:
+        raise ConfigError(f"{target} holds the answers of another model too: choose another --output")
+    log.warning(
+        "%s holds the answers of another model (%s): %s is a new model (weights %s); its answers go to %s",
+        output, other, cfg.model, tag[:8], target,
+    )  # fmt: skip
+    return target
+
+
+def _other_model(path: Path, model: str, identity: str) -> str | None:
+    """The identity of another model whose answers `path` holds, or None (no file, or only this model's rows).
+
+    A row names its model by `teacher.model` and, once scored, `meta.model` (the identity with the weights id);
+    a row of a local model dir without `meta.model` (an unscored row of an older version) counts as another's.
+    """
+    if not path.is_file():
+        return None
+    local = "@" in identity
+    try:
+        for _, row in iter_jsonl(path):
+            teacher = (row.get("teacher") or {}).get("model")
+            recorded = (row.get("meta") or {}).get("model")
+            if teacher != model:
+                return str(teacher)
+            if recorded != identity and (recorded is not None or local):
+                return str(recorded or f"{teacher}, older weights")
+    except DataError:  # a line torn by a crash: generate repairs the tail; what came before was read
+        pass
+    return None
+
+
 @generate.one_writer
-def run(cfg: EvalConfig) -> dict[str, Any]:
-    check = check_config(cfg)  # before any generation: a missing reference must not cost a whole run
+def _run(cfg: EvalConfig, role: str | None) -> dict[str, Any]:
+    check = check_config(cfg)
+    made_from = fingerprint.of_config(cfg)
     options = options_from_config(cfg.check, cfg)
     use_student = cfg.prompt == "student"
     gen = generate.run(cfg, use_student_prompt=use_student)
@@ -51,26 +115,31 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     prompts, ids = generate.plan(cfg, use_student_prompt=use_student)
     verdicts: Counter[str] = Counter()
     per_prompt: dict[str, list[tuple[str | None, bool | None]]] = defaultdict(list)
-    prompt_ids: deque[str] = deque()  # the prompt of each sample handed to the pool, in order
+    order: deque[tuple[str, str]] = deque()  # (prompt id, sample id) of each sample handed to the pool, in order
+    by_sample: dict[str, Verdict] = {}
 
     def requested() -> Iterator[tuple[str, str | None]]:
         wanted = set(ids.values())
         for sample in read_samples(Path(cfg.output)):
             if sample.id in wanted:
                 wanted.discard(sample.id)  # count each requested sample once
-                prompt_ids.append(sample.prompt_id)
+                order.append((sample.prompt_id, sample.id))
                 yield sample.text, sample.reference
 
     with CheckPool(cfg.check, cfg.workers, cfg.check_timeout, **options) as pool:
         for verdict in pool.map(requested()):
             verdicts[verdict.label] += 1
-            per_prompt[prompt_ids.popleft()].append((verdict.answer, verdict.correct))
+            prompt_id, sample_id = order.popleft()
+            per_prompt[prompt_id].append((verdict.answer, verdict.correct))
+            by_sample[sample_id] = verdict
+    identity = model_identity(cfg.model)
+    _write_verdicts(Path(cfg.output), by_sample, cfg.check, identity)
     scored = sum(verdicts.values())
     # `code` grades programs by tests: there is no answer to agree on, so no majority either
     by_majority = [_majority_correct(check, answers) for answers in per_prompt.values()] if check.spec.votable else []
     scores = prompt_scores(per_prompt)
     acc = stats.accuracy(scores)
-    return {
+    result = {
         "model": cfg.model,
         "prompt": cfg.prompt,
         "prompts": len(prompts),
@@ -86,7 +155,34 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
         else None,
         "per_prompt": {pid: list(scores[pid]) for pid in sorted(scores)},
         "output": cfg.output,
+        "check": cfg.check,
+        "model_identity": identity,
+        "weights": identity.rpartition("@")[2][:8] if "@" in identity else None,
     }
+    _write_manifest(cfg, result, role, made_from)
+    return result
+
+
+def _write_verdicts(path: Path, verdicts: dict[str, Verdict], check: str, identity: str) -> None:
+    """Rewrite the output (atomically) with each scored answer's verdict in `meta.check` and model in `meta.model`."""
+
+    def lines() -> Iterator[str]:
+        for sample in read_samples(path):
+            if (verdict := verdicts.get(sample.id)) is not None:
+                sample.meta["check"] = check_record(check, verdict)
+                sample.meta["model"] = identity
+            yield sample.to_json()
+
+    write_atomic(path, lines())
+
+
+def _write_manifest(cfg: EvalConfig, result: dict[str, Any], role: str | None, made_from) -> None:
+    """The eval's manifest: generate's counts for this output, then the accuracy, its interval and method."""
+    path = rundir.manifest_path(cfg.output)
+    manifest = read_json_object(path) or {}
+    manifest.update(result, stage="eval", role=role, config=fingerprint.recorded_config(cfg),
+                    fingerprint=made_from.to_dict())  # fmt: skip
+    write_json(path, manifest)
 
 
 def prompt_scores(per_prompt: dict[str, list[tuple[str | None, bool | None]]]) -> dict[str, tuple[int, int]]:

@@ -24,6 +24,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from seqdistill import fingerprint, rundir
 from seqdistill.adapters import read_input
 from seqdistill.checks.answers import NONE, majority, options_from_config, vote_key
 from seqdistill.checks.decontam import Decontaminate, load_eval_texts
@@ -91,8 +92,8 @@ def _token_counter(model: str | None):
 
 
 def side_paths(output: Path) -> tuple[Path, Path]:
-    """`kept.jsonl` -> (`kept.rejected.jsonl`, `kept.report.json`)."""
-    return output.with_name(output.stem + ".rejected.jsonl"), output.with_name(output.stem + ".report.json")
+    """`kept.jsonl` -> (`kept.rejected.jsonl`, `kept.report.json`): the names are rundir's."""
+    return rundir.rejected_path(output), rundir.filter_report_path(output)
 
 
 class _Funnel:
@@ -120,6 +121,7 @@ def run(cfg: FilterConfig) -> dict[str, Any]:
         if written.resolve() == Path(cfg.input).resolve():
             raise ConfigError(f"--output {output} would overwrite the input file {cfg.input}: choose another name")
         check_output(written, "--output" if written == output else "output")  # never replace a device/FIFO/dir
+    made_from = fingerprint.of_config(cfg)  # the input as read now: a later change is seen by the next run
     rules = build_rules(cfg)
     funnel = _Funnel()
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -145,6 +147,7 @@ def run(cfg: FilterConfig) -> dict[str, Any]:
                 reason = f"prompt already has {cfg.max_per_prompt} kept samples (selection: {cfg.selection})"
                 funnel.reject(sample, Drop("max_per_prompt", reason), rejected)
     report = _report(cfg, total, kept.count, funnel, rules)
+    report.update(config=fingerprint.recorded_config(cfg), fingerprint=made_from.to_dict())
     write_json(report_path, report)
     return report
 

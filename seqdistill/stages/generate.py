@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from seqdistill import __version__
+from seqdistill import __version__, fingerprint, rundir
 from seqdistill.backends import Failure, Request, Result, create_backend, resolve_backend
 from seqdistill.config import GenerateConfig
 from seqdistill.errors import BackendError, ConfigError, SeqdistillError, Stopped
@@ -124,9 +124,7 @@ def read_output(path: Path) -> tuple[set[str], set[tuple[str, str]]]:
     return ids, settings
 
 
-def side_path(output: Path, kind: str) -> Path:
-    """`samples.jsonl` -> `samples.<kind>.json[l]` (failures log, manifest)."""
-    return output.with_name(f"{output.stem}.{kind}")
+side_path = rundir.side  # `samples.jsonl` -> `samples.<kind>` (failures log, manifest): the names are rundir's
 
 
 def _refuse_mixing(cfg: GenerateConfig, settings: set[tuple[str, str]]) -> None:
@@ -167,8 +165,8 @@ def one_writer(fn):
     def wrapper(cfg, *args, **kwargs):
         output = Path(cfg.output)
         check_output(output)
-        for kind in ("failures.jsonl", "manifest.json"):
-            check_output(side_path(output, kind), f"the {kind.split('.')[0]} file")
+        for kind in (rundir.FAILURES, rundir.MANIFEST):
+            check_output(rundir.side(output, kind), f"the {kind.split('.')[0]} file")
         with exclusive_lock(output):
             return fn(cfg, *args, **kwargs)
 
@@ -374,7 +372,7 @@ class FailureLog:
     """
 
     def __init__(self, output: Path, ids: dict[tuple[str, int], str], done: set[str]):
-        self.path = side_path(output, "failures.jsonl")
+        self.path = rundir.failures_path(output)
         self.ids = ids
         self.earlier = [row for row in self._read() if not set(row["sample_ids"]) <= done]
         self.rows: list[dict[str, Any]] = []
@@ -451,8 +449,10 @@ def _write_manifest(cfg: GenerateConfig, summary: dict[str, Any], stats: dict[st
         "prompts_source": cfg.prompts.source,
         "seqdistill_version": __version__,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": fingerprint.recorded_config(cfg),
+        "fingerprint": fingerprint.of_config(cfg).to_dict(),  # what `seqdistill run` compares to reuse it
     }
-    write_json(side_path(output, "manifest.json"), manifest)
+    write_json(rundir.manifest_path(output), manifest)
 
 
 def _to_sample(cfg: GenerateConfig, prompt: PromptItem, result: Result, ids: dict[tuple[str, int], str]) -> Sample:

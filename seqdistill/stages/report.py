@@ -34,13 +34,15 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from seqdistill import __version__, viewer
+from seqdistill import __version__, rundir, viewer
 from seqdistill.errors import ConfigError, DataError, SeqdistillError
 from seqdistill.extras import installed
 from seqdistill.io import read_samples, write_atomic, write_bytes
 from seqdistill.models import resolve_model
 from seqdistill.records import Sample
+from seqdistill.rundir import RunDir
 from seqdistill.stats import format_interval, format_p
+from seqdistill.summary import comparisons, from_disk
 
 log = logging.getLogger(__name__)
 
@@ -129,35 +131,58 @@ def run(run_dir: str, max_samples: int = viewer.DEFAULT_MAX_SAMPLES) -> dict[str
 
 
 def gather(run_dir: Path) -> RunFacts:
-    """Locate the run's files from summary.json (falling back to the default names) and read its reports."""
-    summary = _load_summary(run_dir)
-    facts = RunFacts(run_dir, summary)
-    f, t, g = (summary.get(k) or {} for k in ("filter", "train", "generate"))
-    facts.kept = _locate(facts, f.get("output"), "kept.jsonl")
-    facts.kept_name = Path(f.get("output") or "kept.jsonl").name
-    facts.filter = (
-        f if f.get("funnel") else _read_json(_locate(facts, f.get("report"), "kept.report.json"), FilterPart)
-    )
-    facts.student = _locate(facts, t.get("output"), "student")
-    if t:
-        facts.train = t
-    elif facts.student:
-        facts.train = _read_json(facts.student / "training_report.json", TrainPart)
+    """What the run dir holds: the summary built from its manifests and reports (summary.from_disk), over the
+    summary.json a `seqdistill run` left (its recorded paths locate files kept elsewhere; what is on disk wins)."""
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: no such run directory; {HINT}")
+    recorded = _load_summary(run_dir) if (run_dir / rundir.SUMMARY).is_file() else {}
+    facts = RunFacts(run_dir, recorded)
+    f, t, g = (recorded.get(k) or {} for k in ("filter", "train", "generate"))
+    samples = _locate(facts, g.get("output"), rundir.SAMPLES)
+    facts.kept = _locate(facts, f.get("output"), rundir.KEPT)
+    facts.student = _locate(facts, t.get("output"), rundir.STUDENT)
+    paths = {"samples": samples, "kept": facts.kept, "student": facts.student}
+    disk = from_disk(run_dir, {k: str(v) for k, v in paths.items() if v is not None})
+    facts.summary = summary = _merge(recorded, disk)
+    if not any(summary.get(k) for k in ("generate", "filter", "train", "eval")) and facts.kept is None:
+        raise ConfigError(f"{run_dir}: no seqdistill outputs in it (samples, kept samples, student, evals); {HINT}")
+    f, t = summary.get("filter") or {}, summary.get("train") or {}
+    facts.kept_name = Path(f.get("output") or rundir.KEPT).name
+    report_file = _locate(facts, f.get("report"), "kept.report.json")
+    facts.filter = _read_json(report_file, FilterPart) if report_file else (f if f.get("funnel") else None)
+    if report_file and facts.filter is None:  # unreadable or wrong-typed on disk (logged): summary.json's, if any
+        facts.filter = summary["filter"] = recorded.get("filter") or None
+    facts.train = t or (_read_json(rundir.training_report_path(facts.student), TrainPart) if facts.student else None)
     facts.evals = summary.get("eval") or {}
-    samples = _locate(facts, g.get("output"), "samples.jsonl")
     if samples:
-        facts.manifest = _read_json(samples.with_name(f"{samples.stem}.manifest.json"), ManifestPart)
+        facts.manifest = _read_json(rundir.manifest_path(samples), ManifestPart)
     return facts
 
 
+HINT = (
+    "run the stages into it (`seqdistill generate --output DIR/samples.jsonl`, `filter DIR/samples.jsonl --output "
+    "DIR/kept.jsonl`, ...) or `seqdistill run --config <recipe>` first"
+)
+
+
+def _merge(recorded: dict[str, Any], disk: dict[str, Any]) -> dict[str, Any]:
+    """summary.json's parts, each updated by what the run dir's manifests and reports say now."""
+    merged = {**recorded}
+    for key, part in disk.items():
+        if key == "eval":
+            merged["eval"] = {**(recorded.get("eval") or {}), **part}
+        elif isinstance(part, dict):
+            merged[key] = {**(recorded.get(key) or {}), **part}
+        elif key != "run_dir" or "run_dir" not in merged:
+            merged[key] = part
+    if "eval" in disk:
+        merged["comparisons"] = comparisons({k: v for k, v in merged["eval"].items() if isinstance(v, dict)})
+    return merged
+
+
 def _load_summary(run_dir: Path) -> dict[str, Any]:
-    """summary.json, which `seqdistill run` writes when the pipeline finishes; its absence is a user error."""
-    hint = "run `seqdistill run --config <recipe>` first (or again, to finish an interrupted run)"
-    if not run_dir.is_dir():
-        raise ConfigError(f"{run_dir}: no such run directory; {hint}")
-    path = run_dir / "summary.json"
-    if not path.is_file():
-        raise ConfigError(f"{path}: not found, so {run_dir} is not a finished pipeline run; {hint}")
+    """summary.json, as `seqdistill run` writes it: checked, so a hand-edited or foreign file is one line."""
+    path = run_dir / rundir.SUMMARY
     try:
         summary = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -170,20 +195,8 @@ def _load_summary(run_dir: Path) -> dict[str, Any]:
 
 
 def _locate(facts: RunFacts, given: str | None, default: str) -> Path | None:
-    """An existing path for a file the summary names, or None.
-
-    Summary paths are relative to the cwd of the run (`runs/demo/kept.jsonl`): they are tried inside RUN_DIR
-    first (under the recorded run_dir, then by file name), so a moved or copied run dir reads its own files,
-    then as written, then the default name in RUN_DIR.
-    """
-    candidates = []
-    if given:
-        path, recorded = Path(given), Path(facts.summary.get("run_dir") or facts.run_dir)
-        if not path.is_absolute() and path.is_relative_to(recorded):
-            candidates.append(facts.run_dir / path.relative_to(recorded))
-        candidates += [facts.run_dir / path.name, path]
-    candidates.append(facts.run_dir / default)
-    return next((p for p in candidates if p.exists()), None)
+    """An existing path for a file the summary names, or None (`RunDir.locate`: inside the run dir first)."""
+    return RunDir(facts.run_dir).locate(given, default, facts.summary.get("run_dir"))
 
 
 def _read_json(path: Path | None, schema: type[BaseModel]) -> dict[str, Any] | None:
@@ -697,11 +710,17 @@ def run_facts(facts: RunFacts, kept: KeptStats) -> list[list[Any]]:
     rows: list[list[Any]] = [["run dir", str(facts.run_dir)], ["teacher", teacher_name(facts, kept)]]
     if g:
         extra = ", interrupted: run the same command to resume" if g.get("interrupted") else ""
+        held = f", {g['samples']} in {Path(str(g.get('output'))).name}" if g.get("samples") is not None else ""
         rows.append(
-            ["prompts / samples", f"{g.get('prompts')} prompts, {g.get('requested')} samples requested{extra}"]
+            ["prompts / samples", f"{g.get('prompts')} prompts, {g.get('requested')} samples requested{held}{extra}"]
         )
+        this_run = f"; {g['generated_this_run']} in the last `seqdistill run`" if "generated_this_run" in g else ""
         rows.append(
-            ["generated", f"{g.get('generated')} new, {g.get('truncated')} truncated, {g.get('failed')} failed"]
+            [
+                "generated",
+                f"{g.get('generated')} new in the last generate run{this_run}, {g.get('truncated')} truncated, "
+                f"{g.get('failed')} failed",
+            ]
         )
     if f or kept.count:
         rows.append(["kept", f"{f.get('kept', kept.count)} of {f.get('total', '?')} ({facts.kept})"])

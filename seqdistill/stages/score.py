@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from seqdistill import __version__
+from seqdistill import __version__, rundir
 from seqdistill.adapters import read_input
 from seqdistill.backends import resolve_backend
 from seqdistill.backends.score_base import Failure, ScoreRequest, ScoreResult, create_score_backend
@@ -38,7 +38,7 @@ from seqdistill.io import SampleWriter, read_samples, repair_tail, write_json
 from seqdistill.models import model_identity
 from seqdistill.progress import progress_bar
 from seqdistill.records import Message, Sample, score_id
-from seqdistill.stages.generate import Interrupted, _ctrl_c, in_shard, side_path
+from seqdistill.stages.generate import Interrupted, _ctrl_c, in_shard
 from seqdistill.stages.preflight import render
 from seqdistill.stages.train import _load_tokenizer, to_example
 
@@ -222,7 +222,7 @@ def _execute(cfg: ScoreConfig, tokenizer, tokenizer_name: str, requests, by_key,
             with progress_bar(len(requests), f"score ({cfg.backend})") as bar:
                 for item in backend.score(requests, stop):
                     if isinstance(item, Failure):
-                        tally.failed(item, side_path(output, "failures.jsonl"), by_key)
+                        tally.failed(item, rundir.failures_path(output), by_key)
                     else:
                         writer.write(_scored(by_key[item.request.key].sample, item, source))
                         tally.scored(item)
@@ -302,4 +302,4 @@ def _write_manifest(cfg: ScoreConfig, tokenizer_name: str, summary: ScoreSummary
         "seqdistill_version": __version__,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    write_json(side_path(Path(cfg.output), "manifest.json"), manifest)
+    write_json(rundir.manifest_path(cfg.output), manifest)

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from seqdistill import fingerprint, rundir
 from seqdistill.adapters import read_input
 from seqdistill.config import InputFormatConfig, TrainConfig
 from seqdistill.errors import ConfigError, DataError
@@ -431,10 +432,13 @@ def _one_writer(fn):
 @_one_writer
 def run(cfg: TrainConfig) -> dict[str, Any]:
     require("train")
+    made_from = fingerprint.of_config(cfg)  # the input and base model as read now, before training
     if cfg.objective == "onpolicy":  # the student samples, the teacher scores: seqdistill/onpolicy.py
         from seqdistill import onpolicy
 
-        return onpolicy.run(cfg)
+        report = onpolicy.run(cfg)
+        _record(cfg, report, made_from)
+        return report
     examples = _inputs(cfg)
     from seqdistill.models import load_model
 
@@ -509,5 +513,13 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         "tokens_per_s": round(tokens / max(seconds, 1e-9), 1),
     }
     if main_process:
-        write_json(out / "training_report.json", report)
+        _record(cfg, report, made_from)
     return report
+
+
+def _record(cfg: TrainConfig, report: dict[str, Any], made_from: fingerprint.Fingerprint) -> None:
+    """Write the training report with the config and fingerprint `seqdistill run` compares to reuse the student."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    report.update(config=fingerprint.recorded_config(cfg), fingerprint=made_from.to_dict())
+    write_json(rundir.training_report_path(cfg.output), report)
