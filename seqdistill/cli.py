@@ -134,6 +134,11 @@ def _show(title: str, summary: dict[str, Any]) -> None:
     out.print(table)
 
 
+def _backend(backend: str | None, base_url: str | None) -> str | None:
+    """The one backend rule: `--base-url` means the openai backend unless `--backend` names another."""
+    return backend or ("openai" if base_url else None)
+
+
 def _stopped(summary: dict[str, Any]) -> None:
     """A run stopped by a signal: say what was kept and exit 128 + the signal (130 Ctrl-C, 143 TERM, 129 HUP)."""
     if summary.get("interrupted"):
@@ -156,7 +161,10 @@ def generate_cmd(
     backend: Annotated[str | None, typer.Option(help="openai | transformers | vllm | auto.")] = None,
     model: Annotated[str | None, typer.Option(help="Teacher model (served name, HF dir, bundled:smollm2).")] = None,
     base_url: Annotated[
-        str | None, typer.Option(help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.")
+        str | None,
+        typer.Option(
+            help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (the openai backend, unless --backend)."
+        ),
     ] = None,
     n: Annotated[int | None, typer.Option(help="Samples per prompt.")] = None,
     limit: Annotated[int | None, typer.Option(help="Use only the first N prompts.")] = None,
@@ -176,7 +184,7 @@ def generate_cmd(
     flags = {
         "prompts.source": prompts,
         "output": output,
-        "backend": backend,
+        "backend": _backend(backend, base_url),
         "model": model,
         "base_url": base_url,
         "n": n,
@@ -216,7 +224,7 @@ def score_cmd(
     from seqdistill.stages import score
 
     flags = {
-        "input": input, "output": output, "backend": backend, "model": model, "base_url": base_url,
+        "input": input, "output": output, "backend": _backend(backend, base_url), "model": model, "base_url": base_url,
         "logprobs": logprobs, "teacher_tokenizer": teacher_tokenizer, "concurrency": concurrency,
     }  # fmt: skip
     summary = score.run(load_stage("score", config, flags, set_))
@@ -304,7 +312,7 @@ def eval_cmd(
         "check": check,
         "n": n,
         "output": output,
-        "backend": "openai" if base_url else None,
+        "backend": _backend(None, base_url),
     }
     summary = evaluate.run(load_stage("eval", config, flags, set_))
     _stopped(summary)

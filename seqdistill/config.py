@@ -228,6 +228,13 @@ class GenerateConfig(_Config):
         return None if value is None else response_format(value)
 
     @model_validator(mode="after")
+    def _base_url_means_openai(self) -> GenerateConfig:
+        # the one backend rule (docs/generate.md): a server URL given without a backend names the openai backend
+        if "base_url" in self.model_fields_set and "backend" not in self.model_fields_set:
+            self.backend = "openai"
+        return self
+
+    @model_validator(mode="after")
     def _check_budget(self) -> GenerateConfig:
         if self.max_cost is not None and not (self.price_input_per_m or self.price_output_per_m):
             raise ValueError("max_cost needs prices: set price_input_per_m and price_output_per_m")
@@ -397,6 +404,13 @@ class OnPolicyConfig(_Config):
     prompts: PromptsConfig | None = Field(
         None, description="Prompt source (student and teacher renderings); default: the input samples' prompts."
     )
+
+    @model_validator(mode="after")
+    def _base_url_means_openai(self) -> OnPolicyConfig:
+        # the one backend rule, as for generate: a teacher server URL without a teacher backend means openai
+        if "teacher_base_url" in self.model_fields_set and "teacher_backend" not in self.model_fields_set:
+            self.teacher_backend = "openai"
+        return self
 
 
 class TrainConfig(_Config):

@@ -321,8 +321,13 @@ def _require(module: str, message: str) -> None:
 def _load_tokenizer(name: str, key: str):
     from transformers import AutoTokenizer
 
-    from seqdistill.models import resolve_model
+    from seqdistill.models import local_without_hub, resolve_model
 
+    if not local_without_hub(name):  # never a hub lookup that fails with "couldn't connect to huggingface.co"
+        raise ConfigError(
+            f"cannot load the tokenizer of {name!r} (not a local directory, a bundled model or in the Hugging Face "
+            f"cache): set {key} to a local directory holding it"
+        )
     try:
         return AutoTokenizer.from_pretrained(resolve_model(name))
     except (OSError, ValueError) as e:
