@@ -197,7 +197,13 @@ def generate_cmd(
     }
     cfg = load_stage("generate", config, flags, set_)
     if dry_run:
-        _show("generate --dry-run: pilot and projection for the rest", generate.dry_run(cfg))
+        projection = generate.dry_run(cfg)
+        _show("generate --dry-run: pilot and projection for the rest", projection)
+        if projection["remaining_samples"]:
+            out.print(
+                f"run again without --dry-run to generate the rest ({projection['remaining_samples']} samples; "
+                "the pilot's samples are kept)"
+            )
         return
     summary = generate.run(cfg)
     _show("generate", summary)
