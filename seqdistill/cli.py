@@ -304,6 +304,7 @@ def eval_cmd(
     base_url: Annotated[str | None, typer.Option(help="Evaluate a model behind an OpenAI-compatible server.")] = None,
     check: CheckOpt = None,
     n: Annotated[int | None, typer.Option(help="Samples per prompt.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N prompts.")] = None,
     output: Annotated[str | None, typer.Option(help="Per-sample results file (resumable).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -317,6 +318,7 @@ def eval_cmd(
         "base_url": base_url,
         "check": check,
         "n": n,
+        "prompts.limit": limit,
         "output": output,
         "backend": _backend(None, base_url),
     }

@@ -197,6 +197,7 @@ class GenerateConfig(_Config):
     )
     # an empty answer (no content, no reasoning) is a failed request, asked again (backends/validate.py)
     keep_empty_answers: ClassVar[bool] = False
+    stage: ClassVar[str] = "generate"  # the progress bar's label: eval generates through this stage too
 
     @field_validator("shard")
     @classmethod
@@ -537,6 +538,7 @@ class EvalConfig(GenerateConfig):
     sampling: EvalSamplingConfig = Field(default_factory=EvalSamplingConfig)
     # an empty answer is the model's answer (scored not correct), not a failed request (backends/validate.py)
     keep_empty_answers: ClassVar[bool] = True
+    stage: ClassVar[str] = "eval"
 
     _check_known = field_validator("check")(_known_check)
 

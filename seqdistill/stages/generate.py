@@ -277,7 +277,7 @@ def _execute(
     finished = False
     try:
         with SampleWriter(output) as writer, _ctrl_c(cfg.shutdown_timeout) as stop:
-            with progress_bar(sum(r.n for r in requests), f"generate ({cfg.backend})") as bar:
+            with progress_bar(sum(r.n for r in requests), f"{cfg.stage} ({cfg.backend})") as bar:
                 for item in backend.generate(requests, stop):
                     if isinstance(item, Failure):
                         tally.failed(item)
