@@ -288,7 +288,16 @@ def train_cmd(
 
     cfg = load_stage("train", config, {"input": input, "model": model, "output": output}, set_)
     if check:
-        _show("train --check: pre-flight passed", train.check(cfg))
+        report = train.check(cfg)
+        example = report.pop("example", None)
+        _show("train --check: pre-flight passed", report)
+        if example is not None:
+            out.print("example 1 as the student sees it; the loss is computed on the text inside ⟦ ⟧:", style="bold")
+            from rich.text import Text
+
+            text = Text(example)  # not markup: the example is untrusted text
+            text.highlight_regex(r"⟦[^⟦⟧]*⟧", "reverse green")
+            out.print(text, highlight=False)
         return
     report = train.run(cfg)
     _show("train", report)

@@ -34,7 +34,7 @@ from seqdistill.errors import ConfigError, DataError
 from seqdistill.extras import require
 from seqdistill.io import check_output_dir, exclusive_lock, write_json
 from seqdistill.records import Message, Sample
-from seqdistill.stages.preflight import PreflightError, conversation_tokens, render, run_preflight
+from seqdistill.stages.preflight import PreflightError, conversation_tokens, marked_example, render, run_preflight
 
 log = logging.getLogger(__name__)
 
@@ -413,6 +413,7 @@ def check(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.kd_alpha > 0:  # the vocabulary check and the soft-target coverage, before any GPU time is spent
         kd = attach_soft_targets(cfg, tokenizer, examples)
         report.update(kd_top_k=kd["k"], kd_coverage=kd["coverage"], kd_teacher_tokenizer=kd["teacher_tokenizer"])
+    report["example"] = marked_example(tokenizer, examples[0])  # what the loss is computed on, shown by the CLI
     return report
 
 
