@@ -25,6 +25,8 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -428,10 +430,25 @@ def _one_writer(fn):
         check_output_dir(cfg.output)
         if os.environ.get("RANK", "0") != "0":
             return fn(cfg)
-        with exclusive_lock(cfg.output):  # `.NAME.lock` beside the dir: nothing is created in it before training
+        with exclusive_lock(cfg.output), _no_empty_dirs(Path(cfg.output)):  # `.NAME.lock` beside the dir
             return fn(cfg)
 
     return wrapper
+
+
+@contextmanager
+def _no_empty_dirs(out: Path) -> Iterator[None]:
+    """However training ends, leave no empty `checkpoints/` (the Trainer makes it even when it saves none), and
+    no empty output dir that this run created (a run that failed before writing anything leaves nothing)."""
+    existed = out.exists()
+    try:
+        yield
+    finally:
+        for folder in (out / "checkpoints", *(() if existed else (out,))):
+            try:
+                folder.rmdir()  # only when empty: anything written stays
+            except OSError:
+                pass
 
 
 @_one_writer
