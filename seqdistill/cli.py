@@ -22,7 +22,7 @@ from rich.markup import escape
 
 from seqdistill import __version__
 from seqdistill.checks.answers.registry import check_names_text
-from seqdistill.config import load_pipeline, load_stage
+from seqdistill.config import ExportConfig, choices, load_pipeline, load_stage
 from seqdistill.errors import SeqdistillError, Stopped
 from seqdistill.signals import stop_signals
 
@@ -382,7 +382,9 @@ def report_cmd(
 def export_cmd(
     input: Annotated[str | None, typer.Argument(help="Kept samples (any shape filter reads).")] = None,
     to: Annotated[str | None, typer.Option("--to", help="Folder to write; load it with load_dataset(DIR).")] = None,
-    format: Annotated[str | None, typer.Option(help="parquet | jsonl | messages | sharegpt.")] = None,
+    format: Annotated[
+        str | None, typer.Option(help=" | ".join(choices(ExportConfig.model_fields["format"].annotation)))
+    ] = None,
     test_size: Annotated[float | None, typer.Option(help="Share of the prompts held out as a test split.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the split.")] = None,
     push_to_hub: Annotated[str | None, typer.Option(help="Also upload to this Hub dataset repo (owner/name).")] = None,

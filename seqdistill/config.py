@@ -52,7 +52,12 @@ class PromptsConfig(_Config):
     template: str | None = Field(None, description="Student's user template: a .jinja path or inline Jinja.")
     teacher_system_prompt: str | None = Field(None, description="Teacher's system prompt (default: the student's).")
     teacher_template: str | None = Field(None, description="Teacher's user template (default: the student's).")
-    teacher_examples: str | None = Field(None, description="JSONL of worked examples shown to the teacher only.")
+    teacher_examples: str | None = Field(
+        None,
+        description="JSONL of worked examples shown to the teacher only, as earlier turns: one object per line "
+        'with the question field and `completion`, e.g. {"question": "What is 3 + 5?", "completion": "3 + 5 = 8. '
+        'The answer is \\boxed{8}."} (docs/generate.md).',
+    )
     limit: int | None = Field(None, ge=1, description="Use only the first N prompts.")
 
 
@@ -921,10 +926,26 @@ def _is_section(field: Any) -> bool:
     return isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
 
 
+def choices(annotation: Any) -> list[str]:
+    """The values a `Literal` key takes (inside `X | None` too), for help texts and docs; [] for any other type.
+
+    >>> choices(Literal["a", "b"] | None)
+    ['a', 'b']
+    """
+    import typing
+
+    if typing.get_origin(annotation) is Literal:
+        return [str(v) for v in typing.get_args(annotation)]
+    return [v for arg in typing.get_args(annotation) for v in choices(arg)]
+
+
 def _row(key: str, field: Any) -> str:
     default = field.get_default(call_default_factory=True)
     shown = "—" if default is None else f"`{default}`"
-    return f"| `{key}` | {shown} | {(field.description or '').replace('|', '/')} |"
+    meaning = (field.description or "").replace("|", "/")
+    if values := choices(field.annotation):  # every value of an enum key, from its type
+        meaning = f"{meaning} One of: {', '.join(f'`{v}`' for v in values)}.".strip()
+    return f"| `{key}` | {shown} | {meaning} |"
 
 
 if __name__ == "__main__":
