@@ -121,3 +121,23 @@ def test_failed_requests_on_a_fresh_output_leave_no_empty_samples_file(tmp_path,
     m = manifest(output)
     assert (m["failed"], m["generated"], m["present"], m["complete"]) == (0, 6, 6, True)
     assert not output.with_name("samples.failures.jsonl").exists()
+
+
+def test_ctrl_c_while_the_backend_loads_is_recorded(tmp_path, server, monkeypatch):
+    """A local model takes seconds to load: a Ctrl-C then (simulated: the loader raises it) still leaves a true
+    manifest, not the previous invocation's."""
+    from seqdistill.stages import generate as stage
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", prompt_rows(0, 6))
+    output = tmp_path / "samples.jsonl"
+    assert generate(server, prompts, output, 1, "--limit", "2").exit_code == 0
+
+    def interrupted_load(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stage, "create_backend", interrupted_load)
+    result = generate(server, prompts, output, 1)
+    assert result.exit_code == 130, result.output
+    m = manifest(output)
+    assert m["interrupted"] is True and m["stopped_by"] == "SIGINT"
+    assert (m["requested"], m["present"], m["generated"], m["complete"]) == (6, 2, 0, False)
