@@ -71,7 +71,7 @@ def test_the_on_policy_teacher_with_a_base_url_is_served():
 @pytest.mark.parametrize("stage", ["generate", "eval"])
 def test_a_served_name_without_a_base_url_says_how_to_reach_a_server(tmp_path, stage):
     prompts = write_jsonl(tmp_path / "p.jsonl", prompt_rows(0, 2))
-    out = tmp_path / "out.jsonl"
+    out = tmp_path / "runs" / "new" / "out.jsonl"
     result = invoke(stage, "--model", "Qwen/Qwen3-8B", "--prompts", str(prompts), "--output", str(out))
     line = assert_one_error(result, "'Qwen/Qwen3-8B'", HINT, "local directory")
     assert "huggingface.co" not in line

@@ -161,16 +161,25 @@ def one_writer(fn):
 
     The lock is taken before the output is read (so two runs cannot both see a sample as missing and both
     pay for it) and held until the manifest is written; a second process exits at once naming the first.
+    Folders made for the output (and its lock) are removed again when the run leaves them empty.
     """
 
     @functools.wraps(fn)
     def wrapper(cfg, *args, **kwargs):
         output = Path(cfg.output)
+        made = [d for d in (output.parent, *output.parent.parents) if not d.exists()]  # deepest first
         check_output(output)
         for kind in ("failures.jsonl", "manifest.json"):
             check_output(side_path(output, kind), f"the {kind.split('.')[0]} file")
-        with exclusive_lock(output):
-            return fn(cfg, *args, **kwargs)
+        try:
+            with exclusive_lock(output):
+                return fn(cfg, *args, **kwargs)
+        finally:
+            for folder in made:
+                try:
+                    folder.rmdir()  # only when empty: a run that failed before writing leaves no folder behind
+                except OSError:
+                    break
 
     return wrapper
 
