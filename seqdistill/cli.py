@@ -22,7 +22,7 @@ from rich.markup import escape
 
 from seqdistill import __version__
 from seqdistill.checks.answers.registry import check_names_text
-from seqdistill.config import load_pipeline, load_stage
+from seqdistill.config import ExportConfig, choices, load_pipeline, load_stage
 from seqdistill.errors import SeqdistillError, Stopped
 from seqdistill.signals import stop_signals
 
@@ -134,6 +134,11 @@ def _show(title: str, summary: dict[str, Any]) -> None:
     out.print(table)
 
 
+def _backend(backend: str | None, base_url: str | None) -> str | None:
+    """The one backend rule: `--base-url` means the openai backend unless `--backend` names another."""
+    return backend or ("openai" if base_url else None)
+
+
 def _stopped(summary: dict[str, Any]) -> None:
     """A run stopped by a signal: say what was kept and exit 128 + the signal (130 Ctrl-C, 143 TERM, 129 HUP)."""
     if summary.get("interrupted"):
@@ -156,7 +161,10 @@ def generate_cmd(
     backend: Annotated[str | None, typer.Option(help="openai | transformers | vllm | auto.")] = None,
     model: Annotated[str | None, typer.Option(help="Teacher model (served name, HF dir, bundled:smollm2).")] = None,
     base_url: Annotated[
-        str | None, typer.Option(help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.")
+        str | None,
+        typer.Option(
+            help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1 (the openai backend, unless --backend)."
+        ),
     ] = None,
     n: Annotated[int | None, typer.Option(help="Samples per prompt.")] = None,
     limit: Annotated[int | None, typer.Option(help="Use only the first N prompts.")] = None,
@@ -176,7 +184,7 @@ def generate_cmd(
     flags = {
         "prompts.source": prompts,
         "output": output,
-        "backend": backend,
+        "backend": _backend(backend, base_url),
         "model": model,
         "base_url": base_url,
         "n": n,
@@ -189,7 +197,13 @@ def generate_cmd(
     }
     cfg = load_stage("generate", config, flags, set_)
     if dry_run:
-        _show("generate --dry-run: pilot and projection for the rest", generate.dry_run(cfg))
+        projection = generate.dry_run(cfg)
+        _show("generate --dry-run: pilot and projection for the rest", projection)
+        if projection["remaining_samples"]:
+            out.print(
+                f"run again without --dry-run to generate the rest ({projection['remaining_samples']} samples; "
+                "the pilot's samples are kept)"
+            )
         return
     summary = generate.run(cfg)
     _show("generate", summary)
@@ -216,7 +230,7 @@ def score_cmd(
     from seqdistill.stages import score
 
     flags = {
-        "input": input, "output": output, "backend": backend, "model": model, "base_url": base_url,
+        "input": input, "output": output, "backend": _backend(backend, base_url), "model": model, "base_url": base_url,
         "logprobs": logprobs, "teacher_tokenizer": teacher_tokenizer, "concurrency": concurrency,
     }  # fmt: skip
     summary = score.run(load_stage("score", config, flags, set_))
@@ -274,7 +288,16 @@ def train_cmd(
 
     cfg = load_stage("train", config, {"input": input, "model": model, "output": output}, set_)
     if check:
-        _show("train --check: pre-flight passed", train.check(cfg))
+        report = train.check(cfg)
+        example = report.pop("example", None)
+        _show("train --check: pre-flight passed", report)
+        if example is not None:
+            out.print("example 1 as the student sees it; the loss is computed on the text inside ⟦ ⟧:", style="bold")
+            from rich.text import Text
+
+            text = Text(example)  # not markup: the example is untrusted text
+            text.highlight_regex(r"⟦[^⟦⟧]*⟧", "reverse green")
+            out.print(text, highlight=False)
         return
     report = train.run(cfg)
     _show("train", report)
@@ -290,6 +313,7 @@ def eval_cmd(
     base_url: Annotated[str | None, typer.Option(help="Evaluate a model behind an OpenAI-compatible server.")] = None,
     check: CheckOpt = None,
     n: Annotated[int | None, typer.Option(help="Samples per prompt.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N prompts.")] = None,
     output: Annotated[str | None, typer.Option(help="Per-sample results file (resumable).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -303,8 +327,9 @@ def eval_cmd(
         "base_url": base_url,
         "check": check,
         "n": n,
+        "prompts.limit": limit,
         "output": output,
-        "backend": "openai" if base_url else None,
+        "backend": _backend(None, base_url),
     }
     summary = evaluate.run(load_stage("eval", config, flags, set_))
     _stopped(summary)
@@ -374,7 +399,9 @@ def report_cmd(
 def export_cmd(
     input: Annotated[str | None, typer.Argument(help="Kept samples (any shape filter reads).")] = None,
     to: Annotated[str | None, typer.Option("--to", help="Folder to write; load it with load_dataset(DIR).")] = None,
-    format: Annotated[str | None, typer.Option(help="parquet | jsonl | messages | sharegpt.")] = None,
+    format: Annotated[
+        str | None, typer.Option(help=" | ".join(choices(ExportConfig.model_fields["format"].annotation)))
+    ] = None,
     test_size: Annotated[float | None, typer.Option(help="Share of the prompts held out as a test split.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the split.")] = None,
     push_to_hub: Annotated[str | None, typer.Option(help="Also upload to this Hub dataset repo (owner/name).")] = None,

@@ -52,7 +52,12 @@ class PromptsConfig(_Config):
     template: str | None = Field(None, description="Student's user template: a .jinja path or inline Jinja.")
     teacher_system_prompt: str | None = Field(None, description="Teacher's system prompt (default: the student's).")
     teacher_template: str | None = Field(None, description="Teacher's user template (default: the student's).")
-    teacher_examples: str | None = Field(None, description="JSONL of worked examples shown to the teacher only.")
+    teacher_examples: str | None = Field(
+        None,
+        description="JSONL of worked examples shown to the teacher only, as earlier turns: one object per line "
+        'with the question field and `completion`, e.g. {"question": "What is 3 + 5?", "completion": "3 + 5 = 8. '
+        'The answer is \\boxed{8}."} (docs/generate.md).',
+    )
     limit: int | None = Field(None, ge=1, description="Use only the first N prompts.")
 
 
@@ -197,6 +202,7 @@ class GenerateConfig(_Config):
     )
     # an empty answer (no content, no reasoning) is a failed request, asked again (backends/validate.py)
     keep_empty_answers: ClassVar[bool] = False
+    stage: ClassVar[str] = "generate"  # the progress bar's label: eval generates through this stage too
 
     @field_validator("shard")
     @classmethod
@@ -226,6 +232,13 @@ class GenerateConfig(_Config):
         from seqdistill.checks.answers.json import response_format
 
         return None if value is None else response_format(value)
+
+    @model_validator(mode="after")
+    def _base_url_means_openai(self) -> GenerateConfig:
+        # the one backend rule (docs/generate.md): a server URL given without a backend names the openai backend
+        if "base_url" in self.model_fields_set and "backend" not in self.model_fields_set:
+            self.backend = "openai"
+        return self
 
     @model_validator(mode="after")
     def _check_budget(self) -> GenerateConfig:
@@ -398,6 +411,13 @@ class OnPolicyConfig(_Config):
         None, description="Prompt source (student and teacher renderings); default: the input samples' prompts."
     )
 
+    @model_validator(mode="after")
+    def _base_url_means_openai(self) -> OnPolicyConfig:
+        # the one backend rule, as for generate: a teacher server URL without a teacher backend means openai
+        if "teacher_base_url" in self.model_fields_set and "teacher_backend" not in self.model_fields_set:
+            self.teacher_backend = "openai"
+        return self
+
 
 class TrainConfig(_Config):
     input: str | None = Field(
@@ -523,6 +543,7 @@ class EvalConfig(GenerateConfig):
     sampling: EvalSamplingConfig = Field(default_factory=EvalSamplingConfig)
     # an empty answer is the model's answer (scored not correct), not a failed request (backends/validate.py)
     keep_empty_answers: ClassVar[bool] = True
+    stage: ClassVar[str] = "eval"
 
     _check_known = field_validator("check")(_known_check)
 
@@ -905,10 +926,26 @@ def _is_section(field: Any) -> bool:
     return isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
 
 
+def choices(annotation: Any) -> list[str]:
+    """The values a `Literal` key takes (inside `X | None` too), for help texts and docs; [] for any other type.
+
+    >>> choices(Literal["a", "b"] | None)
+    ['a', 'b']
+    """
+    import typing
+
+    if typing.get_origin(annotation) is Literal:
+        return [str(v) for v in typing.get_args(annotation)]
+    return [v for arg in typing.get_args(annotation) for v in choices(arg)]
+
+
 def _row(key: str, field: Any) -> str:
     default = field.get_default(call_default_factory=True)
     shown = "—" if default is None else f"`{default}`"
-    return f"| `{key}` | {shown} | {(field.description or '').replace('|', '/')} |"
+    meaning = (field.description or "").replace("|", "/")
+    if values := choices(field.annotation):  # every value of an enum key, from its type
+        meaning = f"{meaning} One of: {', '.join(f'`{v}`' for v in values)}.".strip()
+    return f"| `{key}` | {shown} | {meaning} |"
 
 
 if __name__ == "__main__":

@@ -591,6 +591,27 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_atomic(path, [json.dumps(obj, indent=2, ensure_ascii=False, default=str)])
 
 
+def count_rows(source: str | Path) -> int | None:
+    """How many rows a local input holds, cheaply, for a progress bar's total; None when unknown (hub, dataset dir).
+
+    JSONL (any existing file that is not Parquet, as filter reads it): the non-blank lines, counted without
+    parsing. Parquet: the row count in the file's footer. Limits: an input whose rows expand to several
+    samples makes the total an undercount; an unreadable file is None (the read itself reports the error).
+    """
+    path = Path(source)
+    try:
+        if not path.is_file():
+            return None
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(path).metadata.num_rows
+        with path.open("rb") as f:
+            return sum(1 for raw in f if raw.strip())
+    except Exception:  # OSError, pyarrow's errors on a corrupt file, a missing pyarrow: no total, same run
+        return None
+
+
 def read_table(source: str, split: str = "train", subset: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
     """Rows of a prompt source as (location, row): JSONL, Parquet, a saved `datasets` dir, or a hub name.
 

@@ -36,6 +36,59 @@ def resolve_model(name: str | None) -> str:
     return name
 
 
+SERVER_HINT = "--base-url http://HOST:PORT/v1"
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether `name` is written as a filesystem path (not a hub id `owner/name`).
+
+    >>> [looks_like_path(n) for n in ("runs/demo/student", "./student", "Qwen/Qwen3-8B", "teacher")]
+    [True, True, False, False]
+    """
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or name.endswith("/")
+
+
+def local_without_hub(name: str) -> bool:
+    """Whether `name` loads without asking the hub: a bundled name, an existing path, or a hub id already cached.
+
+    Limits: a cached hub id counts when its `config.json` is in the Hugging Face cache (other files may still be
+    fetched when the hub is reachable); nothing here touches the network.
+    """
+    if name.startswith("bundled:") or Path(name).expanduser().exists():
+        return True
+    if looks_like_path(name):
+        return False
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # an invalid repo id: not cached
+        return False
+
+
+def require_local_model(name: str | None, backend: str) -> None:
+    """The one backend rule's second half: an in-process backend gets a model it can load without a hub lookup.
+
+    A name that is neither a local path, a bundled name nor a cached hub id is most often a served model's
+    name given without `--base-url`: one line says how to reach a server or give a path, before transformers
+    or vLLM would ask the hub (and fail with "couldn't connect to huggingface.co" offline).
+    """
+    if not name or local_without_hub(name):
+        return
+    if looks_like_path(name):
+        raise ConfigError(
+            f"model {name!r}: no such directory; give a local model directory, a bundled model "
+            f"({', '.join(BUNDLED)}), or {SERVER_HINT} for a model behind a server"
+        )
+    raise ConfigError(
+        f"model {name!r} is not a local directory, a bundled model ({', '.join(BUNDLED)}) or in the Hugging Face "
+        f"cache: for a model behind an OpenAI-compatible server pass {SERVER_HINT} (the openai backend); to run it "
+        f"here ({backend} backend) give its local directory (e.g. after `hf download {name}`)"
+    )
+
+
 def model_identity(name: str | None) -> str:
     """The model name, plus a fingerprint of the weights for a local dir: a retrained model is a new model.
 

@@ -226,7 +226,7 @@ def test_accuracy_figure_draws_each_interval_as_an_error_bar(tmp_path):
         pytest.approx(tuple(evals[k]["accuracy_ci"])) for k in evals
     ]
     labels = [t.get_text() for t in ax.texts]
-    assert labels[:3] == ["75%", "25%", "50%"]  # the values, written above the error bars
+    assert labels[:3] == ["75.0%", "25.0%", "50.0%"]  # the values above the error bars, as the table writes them
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["accuracy", "95% CI", "majority accuracy"]
 
 

@@ -8,6 +8,7 @@ from seqdistill.backends.base import Backend, Failure, Request, Result
 from seqdistill.config import GenerateConfig
 from seqdistill.errors import ConfigError
 from seqdistill.extras import require
+from seqdistill.models import require_local_model
 
 __all__ = ["Backend", "Failure", "Request", "Result", "BACKENDS", "create_backend", "resolve_backend"]
 
@@ -40,6 +41,7 @@ def create_backend(cfg: GenerateConfig) -> Backend:
         raise ConfigError(f"unknown backend {cfg.backend!r}; choose one of: {', '.join(BACKENDS)}")
     if cfg.backend in REQUIRES:
         require(f"backend {cfg.backend}", *REQUIRES[cfg.backend])
+        require_local_model(cfg.model, cfg.backend)  # in-process: before transformers or vLLM ask the hub
     module_name, cls_name = target.split(":")
     try:
         module = importlib.import_module(module_name)

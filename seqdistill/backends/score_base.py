@@ -95,6 +95,10 @@ def create_score_backend(cfg, tokenizer) -> ScoreBackend:
     target = SCORE_BACKENDS.get(cfg.backend)
     if target is None:
         raise ConfigError(f"score: unknown backend {cfg.backend!r}; choose one of: {', '.join(SCORE_BACKENDS)}")
+    if cfg.backend != "openai":  # in-process: before transformers or vLLM ask the hub
+        from seqdistill.models import require_local_model
+
+        require_local_model(cfg.model, cfg.backend)
     module_name, cls_name = target.split(":")
     module = importlib.import_module(module_name)
     return getattr(module, cls_name)(cfg, tokenizer)

@@ -35,7 +35,7 @@ from seqdistill.checks.rules import AnswerCheck, Drop, DuplicateId, ExactDuplica
 from seqdistill.config import FilterConfig
 from seqdistill.errors import ConfigError
 from seqdistill.extras import require
-from seqdistill.io import AtomicWriter, check_output, write_json
+from seqdistill.io import AtomicWriter, check_output, count_rows, write_json
 from seqdistill.progress import progress_bar
 from seqdistill.records import Sample
 
@@ -166,7 +166,7 @@ def _first_pass(cfg, rules, funnel, rejected, survivors):
     options = options_from_config(cfg.check, cfg)
     with (
         CheckPool(cfg.check, cfg.workers, cfg.check_timeout, **options) if answer else nullcontext() as pool,
-        progress_bar(None, "filter") as bar,
+        progress_bar(count_rows(cfg.input), "filter") as bar,
     ):
         votes = _votes(cfg, pool) if cfg.vote and answer is not None else {}
         for block in _blocks(read_input(cfg.input, cfg.input_format), BLOCK):

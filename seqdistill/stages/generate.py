@@ -159,16 +159,25 @@ def one_writer(fn):
 
     The lock is taken before the output is read (so two runs cannot both see a sample as missing and both
     pay for it) and held until the manifest is written; a second process exits at once naming the first.
+    Folders made for the output (and its lock) are removed again when the run leaves them empty.
     """
 
     @functools.wraps(fn)
     def wrapper(cfg, *args, **kwargs):
         output = Path(cfg.output)
+        made = [d for d in (output.parent, *output.parent.parents) if not d.exists()]  # deepest first
         check_output(output)
         for kind in (rundir.FAILURES, rundir.MANIFEST):
             check_output(rundir.side(output, kind), f"the {kind.split('.')[0]} file")
-        with exclusive_lock(output):
-            return fn(cfg, *args, **kwargs)
+        try:
+            with exclusive_lock(output):
+                return fn(cfg, *args, **kwargs)
+        finally:
+            for folder in made:
+                try:
+                    folder.rmdir()  # only when empty: a run that failed before writing leaves no folder behind
+                except OSError:
+                    break
 
     return wrapper
 
@@ -192,6 +201,7 @@ def run(cfg: GenerateConfig, use_student_prompt: bool = False) -> dict[str, Any]
     if not requests:
         log.info("%s: all %d samples already present; nothing to send", cfg.output, len(ids))
         failures.settle()
+        _write_manifest(cfg, summary, {})  # this invocation's record too: it sent nothing, and all are present
         return summary
     _execute(cfg, requests, {p.id: p for p in prompts}, ids, summary, failures)
     return summary
@@ -202,9 +212,12 @@ def dry_run(cfg: GenerateConfig) -> dict[str, Any]:
     """Send a pilot of a few prompts (kept in the output), then project requests, tokens, cost and time."""
     prompts, ids, done, requests = pending_requests(cfg)
     pilot = requests[: cfg.pilot_prompts]
-    summary = _summary_start(cfg, prompts, ids, pilot)
+    summary = {**_summary_start(cfg, prompts, ids, requests), "dry_run": True}  # present counts: all requests
     if pilot:
         _execute(cfg, pilot, {p.id: p for p in prompts}, ids, summary, FailureLog(Path(cfg.output), ids, done))
+    else:  # every sample present: nothing to pilot or project
+        summary.update(_Tally(cfg).summary(0.0))
+        _write_manifest(cfg, summary, {})
     samples = max(summary["generated"], 1)
     remaining = requests[len(pilot) :]
     rest_samples = sum(r.n for r in remaining)
@@ -227,6 +240,7 @@ def dry_run(cfg: GenerateConfig) -> dict[str, Any]:
 
 
 def _summary_start(cfg, prompts, ids, requests) -> dict[str, Any]:
+    """This invocation's counts so far; `requests`: every request still missing (before any budget cuts them)."""
     return {
         "output": str(cfg.output),
         "prompts": len(prompts),
@@ -236,6 +250,7 @@ def _summary_start(cfg, prompts, ids, requests) -> dict[str, Any]:
         "truncated": 0,
         "failed": 0,
         "interrupted": False,
+        "dry_run": False,
     }
 
 
@@ -257,13 +272,19 @@ def _execute(
     """Send `requests`, append each sample as it arrives; Ctrl-C and budgets stop sending, in-flight is kept."""
     output = Path(cfg.output)
     start = time.monotonic()
-    backend = create_backend(cfg)
+    existed = output.exists()
+    try:
+        backend = create_backend(cfg)  # loading a local model takes a while: a Ctrl-C here is recorded too
+    except KeyboardInterrupt as e:
+        summary.update(interrupted=True, stopped_by=_signal_name(e.signum if isinstance(e, Stopped) else None))
+        _write_manifest(cfg, summary, {})
+        raise
     tally = _Tally(cfg)
     budget = None
     finished = False
     try:
         with SampleWriter(output) as writer, _ctrl_c(cfg.shutdown_timeout) as stop:
-            with progress_bar(sum(r.n for r in requests), f"generate ({cfg.backend})") as bar:
+            with progress_bar(sum(r.n for r in requests), f"{cfg.stage} ({cfg.backend})") as bar:
                 for item in backend.generate(requests, stop):
                     if isinstance(item, Failure):
                         tally.failed(item)
@@ -291,6 +312,8 @@ def _execute(
     finally:
         backend.close()
         failures.settle()
+        if not existed and output.is_file() and output.stat().st_size == 0:
+            output.unlink()  # nothing was written: no empty samples file (the manifest says what failed)
         summary.update(tally.summary(time.monotonic() - start))
         if budget:
             summary["budget_reached"] = budget
@@ -436,11 +459,19 @@ def _aligned(sample_ids: Any, indices: Any) -> bool:
 
 
 def _write_manifest(cfg: GenerateConfig, summary: dict[str, Any], stats: dict[str, Any]) -> None:
-    """What this run did, written when it ends (also after a failure or Ctrl-C): counts, tokens, errors, settings."""
+    """Written when an invocation ends, however it ends (done, dry run, budget, Ctrl-C, signal, failure).
+
+    Two kinds of counts: what exists (`requested` samples, `present` in the output, `missing`, `complete`
+    only when all are present) and what this invocation did (`generated`, `failed`, `interrupted`,
+    `stopped_by`, `dry_run`, `budget_reached`); then tokens, cost, retries and the settings.
+    """
     output = Path(cfg.output)
+    present = summary["already_done"] + summary["generated"]
     manifest = {
         **summary,
-        "complete": summary["already_done"] + summary["generated"] == summary["requested"],
+        "present": present,
+        "missing": summary["requested"] - present,
+        "complete": present == summary["requested"],
         "retries": stats.get("retries", {}),
         "teacher": {"model": cfg.model, "backend": cfg.backend},
         "sampling": sampling_key(cfg),

@@ -235,3 +235,40 @@ def run_preflight(
         more = " (and more)" if len(problems) >= 5 else ""
         raise PreflightError("pre-flight check failed: " + "; ".join(problems[:5]) + more)
     return report
+
+
+OPEN, CLOSE = "⟦", "⟧"  # around the supervised (loss-bearing) text in `marked_example`
+
+
+def marked_example(tokenizer, example: dict[str, Any], max_chars: int = 1500) -> str:
+    """One example as the student is trained on it: the chat-template text with each supervised span in ⟦ ⟧.
+
+    Masks as training computes them (`render` for prompt-completion, `conversation_tokens` for conversations).
+    Limits: a span longer than its share of `max_chars` keeps its head and tail around "… N chars …"; spans are
+    decoded one by one, so a character split across a span boundary may show as a replacement character.
+    """
+    if "messages" in example:
+        ids, mask, _ = conversation_tokens(tokenizer, example)
+    else:
+        ids, start = render(tokenizer, example)
+        mask = [0] * start + [1] * (len(ids) - start)
+    spans: list[tuple[str, bool]] = []
+    begin = 0
+    for i in range(1, len(ids) + 1):
+        if i == len(ids) or mask[i] != mask[begin]:
+            spans.append((tokenizer.decode(ids[begin:i], skip_special_tokens=False), bool(mask[begin])))
+            begin = i
+    share = max(80, max_chars // max(1, len(spans)))
+    return "".join(f"{OPEN}{_shorten(text, share)}{CLOSE}" if on else _shorten(text, share) for text, on in spans)
+
+
+def _shorten(text: str, limit: int) -> str:
+    """`text` within about `limit` characters: its head and tail around the count of what was left out.
+
+    >>> _shorten("a" * 10 + "b" * 100 + "c" * 10, 40)
+    'aaaaaaaaaabbbbb … 90 chars … bbbbbcccccccccc'
+    """
+    if len(text) <= limit:
+        return text
+    head, tail = limit * 3 // 8, limit * 3 // 8
+    return f"{text[:head]} … {len(text) - head - tail} chars … {text[-tail:]}"

@@ -631,7 +631,7 @@ def draw_accuracy(ax, evals: dict[str, Any], keys: list[str]) -> None:
         ax.bar(xs, [v or 0.0 for v in values], width, color=color, label=metric.replace("_", " "))
         tops = _error_bars(ax, xs, values, [_ci(evals[k]) for k in keys]) if metric == "accuracy" else values
         for x, v, top in zip(xs, values, tops, strict=True):  # the value above its bar and error bar
-            ax.annotate("n/a" if v is None else f"{v:.0%}", (x, top or 0.0), textcoords="offset points",
+            ax.annotate("n/a" if v is None else _pct(v), (x, top or 0.0), textcoords="offset points",
                         xytext=(0, 3), ha="center")  # fmt: skip
     ax.set_xticks(range(len(keys)), [f"{EVALS[k]}\n{_clip(str(evals[k].get('model', '')), 32)}" for k in keys])
     samples = sorted({evals[k].get("samples") for k in keys} - {None})
@@ -766,6 +766,7 @@ def _fmt(value: Any) -> str:
 
 
 def _pct(value: float | None) -> str:
+    """An accuracy as the report writes it everywhere, tables and figure labels alike: one decimal, "62.5%"."""
     return "-" if value is None else f"{value:.1%}"
 
 

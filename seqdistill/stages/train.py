@@ -25,6 +25,8 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,7 @@ from seqdistill.errors import ConfigError, DataError
 from seqdistill.extras import require
 from seqdistill.io import check_output_dir, exclusive_lock, write_json
 from seqdistill.records import Message, Sample
-from seqdistill.stages.preflight import PreflightError, conversation_tokens, render, run_preflight
+from seqdistill.stages.preflight import PreflightError, conversation_tokens, marked_example, render, run_preflight
 
 log = logging.getLogger(__name__)
 
@@ -322,8 +324,13 @@ def _require(module: str, message: str) -> None:
 def _load_tokenizer(name: str, key: str):
     from transformers import AutoTokenizer
 
-    from seqdistill.models import resolve_model
+    from seqdistill.models import local_without_hub, resolve_model
 
+    if not local_without_hub(name):  # never a hub lookup that fails with "couldn't connect to huggingface.co"
+        raise ConfigError(
+            f"cannot load the tokenizer of {name!r} (not a local directory, a bundled model or in the Hugging Face "
+            f"cache): set {key} to a local directory holding it"
+        )
     try:
         return AutoTokenizer.from_pretrained(resolve_model(name))
     except (OSError, ValueError) as e:
@@ -409,6 +416,7 @@ def check(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.kd_alpha > 0:  # the vocabulary check and the soft-target coverage, before any GPU time is spent
         kd = attach_soft_targets(cfg, tokenizer, examples)
         report.update(kd_top_k=kd["k"], kd_coverage=kd["coverage"], kd_teacher_tokenizer=kd["teacher_tokenizer"])
+    report["example"] = marked_example(tokenizer, examples[0])  # what the loss is computed on, shown by the CLI
     return report
 
 
@@ -423,10 +431,25 @@ def _one_writer(fn):
         check_output_dir(cfg.output)
         if os.environ.get("RANK", "0") != "0":
             return fn(cfg)
-        with exclusive_lock(cfg.output):  # `.NAME.lock` beside the dir: nothing is created in it before training
+        with exclusive_lock(cfg.output), _no_empty_dirs(Path(cfg.output)):  # `.NAME.lock` beside the dir
             return fn(cfg)
 
     return wrapper
+
+
+@contextmanager
+def _no_empty_dirs(out: Path) -> Iterator[None]:
+    """However training ends, leave no empty `checkpoints/` (the Trainer makes it even when it saves none), and
+    no empty output dir that this run created (a run that failed before writing anything leaves nothing)."""
+    existed = out.exists()
+    try:
+        yield
+    finally:
+        for folder in (out / "checkpoints", *(() if existed else (out,))):
+            try:
+                folder.rmdir()  # only when empty: anything written stays
+            except OSError:
+                pass
 
 
 @_one_writer
