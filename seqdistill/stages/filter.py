@@ -79,15 +79,9 @@ def _token_counter(model: str | None):
     if model is None:
         return None
     require(f"filter's token counts (tokenizer: {model}; unset it to count words)", "transformers")
-    from transformers import AutoTokenizer
+    from seqdistill.models import load_tokenizer
 
-    from seqdistill.models import resolve_model
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
-    except (OSError, ValueError) as e:  # a missing dir, a hub id that is not cached offline, a bad config
-        first = (str(e).splitlines() or [""])[0][:160]
-        raise ConfigError(f"tokenizer {model!r}: cannot load it ({first}); set tokenizer to a model dir") from None
+    tokenizer = load_tokenizer(model, key="tokenizer")
     return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 

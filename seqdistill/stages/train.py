@@ -34,6 +34,7 @@ from seqdistill.config import InputFormatConfig, TrainConfig
 from seqdistill.errors import ConfigError, DataError
 from seqdistill.extras import require
 from seqdistill.io import check_output_dir, exclusive_lock, write_json
+from seqdistill.models import load_tokenizer
 from seqdistill.records import Message, Sample
 from seqdistill.stages.preflight import PreflightError, conversation_tokens, render, run_preflight
 
@@ -319,20 +320,6 @@ def _require(module: str, message: str) -> None:
         raise ConfigError(message)
 
 
-def _load_tokenizer(name: str, key: str):
-    from transformers import AutoTokenizer
-
-    from seqdistill.models import resolve_model
-
-    try:
-        return AutoTokenizer.from_pretrained(resolve_model(name))
-    except (OSError, ValueError) as e:
-        raise ConfigError(
-            f"cannot load the tokenizer of {name!r} ({str(e).splitlines()[0][:160]}): set {key} to a local "
-            "directory holding it"
-        ) from None
-
-
 def attach_soft_targets(cfg: TrainConfig, tokenizer, examples: list[dict[str, Any]]) -> dict[str, Any]:
     """Add each example's teacher top-k rows (`kd_ids`, `kd_logprobs`, `kd_tokens`) for its completion tokens.
 
@@ -358,7 +345,7 @@ def attach_soft_targets(cfg: TrainConfig, tokenizer, examples: list[dict[str, An
     )
     if teacher is None:
         raise ConfigError("kd_alpha > 0: the samples do not name their teacher; set kd_teacher_tokenizer")
-    teacher_tok = _load_tokenizer(teacher, "kd_teacher_tokenizer")
+    teacher_tok = load_tokenizer(teacher, key="kd_teacher_tokenizer")
     require_same_vocabulary(teacher_tok.get_vocab(), tokenizer.get_vocab(), teacher, str(cfg.model))
     table = TokenTable(tokenizer)
     covered = supervised = 0
@@ -391,15 +378,12 @@ def check(cfg: TrainConfig) -> dict[str, Any]:
 
         return onpolicy.check(cfg)
     examples = _inputs(cfg)
-    from transformers import AutoTokenizer, GenerationConfig
+    from transformers import GenerationConfig
 
     from seqdistill.models import resolve_model
 
     path = resolve_model(cfg.model)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except OSError as e:
-        raise ConfigError(f"cannot load the tokenizer of {cfg.model!r}: {str(e).splitlines()[0][:200]}") from None
+    tokenizer = load_tokenizer(cfg.model)
     try:
         generation_eos = _eos_list(GenerationConfig.from_pretrained(path))
     except OSError:  # no generation_config.json: nothing to compare
