@@ -29,7 +29,7 @@ from seqdistill.viewer.data import EvalInput, ViewerInputs, collect
 from seqdistill.viewer.page import render
 
 if TYPE_CHECKING:
-    from seqdistill.stages.report import KeptStats, RunFacts
+    from seqdistill.report.facts import KeptStats, RunFacts
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_SAMPLES = 2000
@@ -51,7 +51,7 @@ def write(facts: RunFacts, kept: KeptStats, out_dir: Path, max_samples: int = DE
 
 def inputs(facts: RunFacts, kept: KeptStats) -> ViewerInputs:
     """Where the viewer reads from, located the way the report locates the run's files."""
-    from seqdistill.stages.report import EVALS, _locate, length_counter
+    from seqdistill.report.facts import EVALS, _locate, length_counter
 
     f = facts.summary.get("filter") or {}
     rejected = None
