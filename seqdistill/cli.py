@@ -278,7 +278,7 @@ def train_cmd(
         _show("train --check: pre-flight passed", train.check(cfg))
         return
     report = train.run(cfg)
-    _show("train", report)
+    _show("train", report.to_json())
 
 
 @app.command("eval")

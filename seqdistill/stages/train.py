@@ -36,6 +36,7 @@ from seqdistill.extras import require
 from seqdistill.io import check_output_dir, exclusive_lock, write_json
 from seqdistill.models import load_tokenizer
 from seqdistill.records import Message, Sample
+from seqdistill.results import TrainResult
 from seqdistill.stages.preflight import PreflightError, conversation_tokens, render, run_preflight
 
 log = logging.getLogger(__name__)
@@ -414,7 +415,7 @@ def _one_writer(fn):
 
 
 @_one_writer
-def run(cfg: TrainConfig) -> dict[str, Any]:
+def run(cfg: TrainConfig) -> TrainResult:
     require("train")
     made_from = fingerprint.of_config(cfg)  # the input and base model as read now, before training
     if cfg.objective == "onpolicy":  # the student samples, the teacher scores: seqdistill/onpolicy.py
@@ -422,7 +423,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
 
         report = onpolicy.run(cfg)
         _record(cfg, report, made_from)
-        return report
+        return TrainResult.model_validate(report)
     examples = _inputs(cfg)
     from seqdistill.models import load_model
 
@@ -498,7 +499,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     }
     if main_process:
         _record(cfg, report, made_from)
-    return report
+    return TrainResult.model_validate(report)
 
 
 def _record(cfg: TrainConfig, report: dict[str, Any], made_from: fingerprint.Fingerprint) -> None:
