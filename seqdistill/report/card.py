@@ -15,7 +15,7 @@ import yaml
 
 from seqdistill import __version__
 from seqdistill.io import write_atomic
-from seqdistill.report.facts import CARD_MARKER, KeptStats, RunFacts, _example, teacher_name
+from seqdistill.report.facts import CARD_MARKER, KeptStats, RunFacts, first_example, teacher_name
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def card_markdown(facts: RunFacts, kept: KeptStats) -> str:
         f"## Filter funnel\n\n{funnel_markdown(facts.filter)}\n",
         f"## Record format\n\n{format_markdown(kept)}\n",
         "## Load it\n\n"
-        + _fence(
+        + fence(
             f'from datasets import load_dataset\n\nds = load_dataset("json", data_files="{name}", '
             'split="train")\n# or the directory (or a Hub repo) holding this card:\n'
             '# ds = load_dataset("path/to/dir", split="train")',
@@ -121,7 +121,7 @@ def funnel_markdown(report: dict[str, Any] | None) -> str:
         return "not available: no filter report was found for this run."
     lines = ["| rule | in | dropped | kept | example reason |", "|---|---:|---:|---:|---|"]
     for r in report["funnel"]:
-        reason = _example(r.get("examples") or [])[0]
+        reason = first_example(r.get("examples") or [])[0]
         lines.append(f"| {_md(r['rule'])} | {r['in']} | {r['dropped']} | {r['kept']} | {_md(reason)} |")
     return "\n".join(lines)
 
@@ -139,7 +139,7 @@ def format_markdown(kept: KeptStats) -> str:
         return fields
     record = kept.first.model_dump()
     record["meta"] = {k: v if len(json.dumps(v)) <= 200 else "…" for k, v in record["meta"].items()}
-    example = _fence(json.dumps(record, ensure_ascii=False), "json")
+    example = fence(json.dumps(record, ensure_ascii=False), "json")
     return f"{fields} The first record (long metadata elided):\n\n{example}"
 
 
@@ -165,10 +165,10 @@ def _md(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _fence(text: str, lang: str) -> str:
+def fence(text: str, lang: str) -> str:
     """A fenced code block whose fence is longer than any run of backticks inside `text`.
 
-    >>> _fence("a ``` b", "md").splitlines()[0]
+    >>> fence("a ``` b", "md").splitlines()[0]
     '````md'
     """
     ticks = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", text)), default=0))

@@ -80,9 +80,9 @@ def gather(run_dir: Path) -> RunFacts:
     recorded = _load_summary(run_dir) if (run_dir / rundir.SUMMARY).is_file() else {}
     facts = RunFacts(run_dir, recorded)
     f, t, g = (recorded.get(k) or {} for k in ("filter", "train", "generate"))
-    samples = _locate(facts, g.get("output"), rundir.SAMPLES)
-    facts.kept = _locate(facts, f.get("output"), rundir.KEPT)
-    facts.student = _locate(facts, t.get("output"), rundir.STUDENT)
+    samples = locate(facts, g.get("output"), rundir.SAMPLES)
+    facts.kept = locate(facts, f.get("output"), rundir.KEPT)
+    facts.student = locate(facts, t.get("output"), rundir.STUDENT)
     paths = {"samples": samples, "kept": facts.kept, "student": facts.student}
     disk = from_disk(run_dir, {k: str(v) for k, v in paths.items() if v is not None})
     facts.summary = summary = _merge(recorded, disk)
@@ -90,14 +90,14 @@ def gather(run_dir: Path) -> RunFacts:
         raise ConfigError(f"{run_dir}: no seqdistill outputs in it (samples, kept samples, student, evals); {HINT}")
     f, t = summary.get("filter") or {}, summary.get("train") or {}
     facts.kept_name = Path(f.get("output") or rundir.KEPT).name
-    report_file = _locate(facts, f.get("report"), "kept.report.json")
-    facts.filter = _read_json(report_file, FilterPart) if report_file else (f if f.get("funnel") else None)
+    report_file = locate(facts, f.get("report"), "kept.report.json")
+    facts.filter = read_part(report_file, FilterPart) if report_file else (f if f.get("funnel") else None)
     if report_file and facts.filter is None:  # unreadable or wrong-typed on disk (logged): summary.json's, if any
         facts.filter = summary["filter"] = recorded.get("filter") or None
-    facts.train = t or (_read_json(rundir.training_report_path(facts.student), TrainPart) if facts.student else None)
+    facts.train = t or (read_part(rundir.training_report_path(facts.student), TrainPart) if facts.student else None)
     facts.evals = summary.get("eval") or {}
     if samples:
-        facts.manifest = _read_json(rundir.manifest_path(samples), ManifestPart)
+        facts.manifest = read_part(rundir.manifest_path(samples), ManifestPart)
     return facts
 
 
@@ -136,12 +136,12 @@ def _load_summary(run_dir: Path) -> dict[str, Any]:
     return summary
 
 
-def _locate(facts: RunFacts, given: str | None, default: str) -> Path | None:
+def locate(facts: RunFacts, given: str | None, default: str) -> Path | None:
     """An existing path for a file the summary names, or None (`RunDir.locate`: inside the run dir first)."""
     return RunDir(facts.run_dir).locate(given, default, facts.summary.get("run_dir"))
 
 
-def _read_json(path: Path | None, schema: type[BaseModel]) -> dict[str, Any] | None:
+def read_part(path: Path | None, schema: type[BaseModel]) -> dict[str, Any] | None:
     """A JSON object from `path`, or None (logged) when absent, unreadable or wrong-typed: reports are optional."""
     if path is None or not path.is_file():
         return None
@@ -338,12 +338,12 @@ def _first_line(e: Exception) -> str:
     return (str(e).splitlines() or [""])[0][:200]
 
 
-def _example(examples: list[dict[str, Any]]) -> list[str]:
+def first_example(examples: list[dict[str, Any]]) -> list[str]:
     first = examples[0] if examples else {}
-    return [first.get("reason", ""), _clip(first.get("completion", ""), 160)]
+    return [first.get("reason", ""), clip(first.get("completion", ""), 160)]
 
 
-def _ci(r: dict[str, Any]) -> tuple[float | None, float | None]:
+def accuracy_ci(r: dict[str, Any]) -> tuple[float | None, float | None]:
     """An eval's (low, high) interval, or (None, None) when it has none (an older summary.json)."""
     ci = r.get("accuracy_ci")
     if isinstance(ci, list | tuple) and len(ci) == 2 and all(isinstance(v, int | float) for v in ci):
@@ -361,5 +361,5 @@ def teacher_name(facts: RunFacts, kept: KeptStats) -> str:
     return str((facts.evals.get("teacher") or {}).get("model") or "unknown")
 
 
-def _clip(text: str, limit: int) -> str:
+def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -10,7 +10,7 @@ import statistics
 from io import BytesIO
 from typing import Any
 
-from seqdistill.report.facts import EVALS, _ci, _clip
+from seqdistill.report.facts import EVALS, accuracy_ci, clip
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +111,11 @@ def draw_accuracy(ax, evals: dict[str, Any], keys: list[str]) -> None:
         xs = [i + offset - (width / 2 if has_majority else 0) for i in range(len(keys))]
         values = [evals[k].get(metric) for k in keys]
         ax.bar(xs, [v or 0.0 for v in values], width, color=color, label=metric.replace("_", " "))
-        tops = _error_bars(ax, xs, values, [_ci(evals[k]) for k in keys]) if metric == "accuracy" else values
+        tops = _error_bars(ax, xs, values, [accuracy_ci(evals[k]) for k in keys]) if metric == "accuracy" else values
         for x, v, top in zip(xs, values, tops, strict=True):  # the value above its bar and error bar
             ax.annotate("n/a" if v is None else f"{v:.0%}", (x, top or 0.0), textcoords="offset points",
                         xytext=(0, 3), ha="center")  # fmt: skip
-    ax.set_xticks(range(len(keys)), [f"{EVALS[k]}\n{_clip(str(evals[k].get('model', '')), 32)}" for k in keys])
+    ax.set_xticks(range(len(keys)), [f"{EVALS[k]}\n{clip(str(evals[k].get('model', '')), 32)}" for k in keys])
     samples = sorted({evals[k].get("samples") for k in keys} - {None})
     each = f" ({', '.join(map(str, samples))} samples each)" if samples else ""
     ax.set(title=f"Held-out accuracy with 95% CI{each}", ylabel="accuracy", ylim=(0, 1.3))

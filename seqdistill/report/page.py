@@ -17,7 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from seqdistill import __version__
-from seqdistill.report.facts import EVALS, OPTIONAL_EVALS, KeptStats, RunFacts, _ci, _clip, _example, teacher_name
+from seqdistill.report.facts import (
+    EVALS,
+    OPTIONAL_EVALS,
+    KeptStats,
+    RunFacts,
+    accuracy_ci,
+    clip,
+    first_example,
+    teacher_name,
+)
 from seqdistill.report.figures import accuracy_figure, funnel_figure, lengths_figure, loss_figure
 from seqdistill.stats import format_interval, format_p
 
@@ -49,7 +58,7 @@ def funnel_section(report: dict[str, Any] | None) -> Section:
     total, kept = report.get("total", rows[0]["in"]), report.get("kept", rows[-1]["kept"])
     s.figure = funnel_figure(rows, total)
     s.caption = f"{total} samples in, {kept} kept: samples left after each rule (left), dropped by each (right)."
-    table = [[r["rule"], r["in"], r["dropped"], r["kept"], *_example(r.get("examples") or [])] for r in rows]
+    table = [[r["rule"], r["in"], r["dropped"], r["kept"], *first_example(r.get("examples") or [])] for r in rows]
     s.body = html_table(["rule", "in", "dropped", "kept", "example reason", "example completion"], table)
     if check := report.get("answer_check"):
         counts = ", ".join(f"{k}: {v}" for k, v in check.items() if k != "name")
@@ -75,7 +84,7 @@ def lengths_section(kept: KeptStats) -> Section:
         prompt = kept.longest.prompt[-1].content
         s.body += (
             f"<h3>Longest kept completion ({kept.longest_length})</h3><p>Prompt <code>{_e(kept.longest.prompt_id)}"
-            f"</code>: {_e(_clip(prompt, 300))}</p><pre>{_e(_clip(kept.longest.completion_text(), 3000))}</pre>"
+            f"</code>: {_e(clip(prompt, 300))}</p><pre>{_e(clip(kept.longest.completion_text(), 3000))}</pre>"
         )
     return s
 
@@ -119,7 +128,7 @@ def accuracy_section(facts: RunFacts) -> Section:
             absent.append(f"{label}: " + ("interrupted" if r.get("interrupted") else "not evaluated in this run"))
             continue
         cells = [r.get(k) for k in ("model", "samples", "correct", "wrong", "unverifiable")]
-        low, high = _ci(r)
+        low, high = accuracy_ci(r)
         ci = "-" if low is None else f"{_pct(low)} – {_pct(high)} ({r.get('ci_method')})"  # e.g. 52.2% – 70.9%
         rows.append([label, *cells, _pct(r["accuracy"]), ci] + ([_pct(r.get("majority_accuracy"))] * has_majority))
     if not rows:

@@ -394,7 +394,7 @@ def card_markdown(cfg: ExportConfig, splits: dict[str, int], files: list[str], s
         f"## Filter funnel\n\n{report_card.funnel_markdown(facts.filter)}\n",
         f"## Format\n\n{format_markdown(cfg.format, scan.first)}\n",
         "## Load it\n\n"
-        + report_card._fence(
+        + report_card.fence(
             'from datasets import load_dataset\n\nds = load_dataset("path/to/this/folder")  # or the Hub repo id\n'
             + 'print(ds["train"][0])',
             "python",
@@ -446,7 +446,7 @@ def format_markdown(fmt: str, first: Sample | None) -> str:
         return text
     row = to_row(first, fmt)
     example = json.dumps({k: _elide(v) for k, v in row.items()}, ensure_ascii=False)
-    return f"{text} The first row (long values elided):\n\n{report_card._fence(example, 'json')}"
+    return f"{text} The first row (long values elided):\n\n{report_card.fence(example, 'json')}"
 
 
 def _elide(value: Any) -> Any:
@@ -465,5 +465,5 @@ def _facts(cfg: ExportConfig) -> report_facts.RunFacts:
             log.warning("%s: not used for the card (%s)", run_dir / "summary.json", e)
     if facts.filter is None and path.is_file():
         side = path.with_name(path.stem + ".report.json")
-        facts.filter = report_facts._read_json(side, report_facts.FilterPart) if side.is_file() else None
+        facts.filter = report_facts.read_part(side, report_facts.FilterPart) if side.is_file() else None
     return facts
