@@ -24,6 +24,7 @@ from seqdistill import __version__
 from seqdistill.checks.answers.registry import check_names_text
 from seqdistill.config import ExportConfig, choices, load_pipeline, load_stage
 from seqdistill.errors import SeqdistillError, Stopped
+from seqdistill.results import FilterResult
 from seqdistill.signals import stop_signals
 
 app = typer.Typer(
@@ -206,9 +207,9 @@ def generate_cmd(
             )
         return
     summary = generate.run(cfg)
-    _show("generate", summary)
-    _stopped(summary)
-    if budget := summary.get("budget_reached"):
+    _show("generate", summary.to_json())
+    _stopped(summary.to_json())
+    if budget := summary.budget_reached:
         err.print(f"stopped at the {budget} budget; run again (with a larger budget) to continue")
 
 
@@ -258,17 +259,17 @@ def filter_cmd(
     _show_funnel(report)
 
 
-def _show_funnel(report: dict[str, Any]) -> None:
+def _show_funnel(report: FilterResult) -> None:
     from rich.table import Table
 
-    table = Table(title=f"filter: {report['total']} in, {report['kept']} kept")
+    table = Table(title=f"filter: {report.total} in, {report.kept} kept")
     for col in ("rule", "in", "dropped", "kept", "example reason"):
         table.add_column(col)
-    for row in report["funnel"]:
-        example = row["examples"][0]["reason"] if row["examples"] else ""
-        table.add_row(row["rule"], str(row["in"]), str(row["dropped"]), str(row["kept"]), escape(example[:60]))
+    for row in report.funnel:
+        example = row.examples[0]["reason"] if row.examples else ""
+        table.add_row(row.rule, str(row.in_), str(row.dropped), str(row.kept), escape(example[:60]))
     out.print(table)
-    out.print(f"kept -> {report['output']}\nrejected -> {report['rejected']}\nreport -> {report['report']}")
+    out.print(f"kept -> {report.output}\nrejected -> {report.rejected}\nreport -> {report.report}")
 
 
 @app.command("train")
@@ -300,7 +301,7 @@ def train_cmd(
             out.print(text, highlight=False)
         return
     report = train.run(cfg)
-    _show("train", report)
+    _show("train", report.to_json())
 
 
 @app.command("eval")
@@ -331,7 +332,7 @@ def eval_cmd(
         "output": output,
         "backend": _backend(None, base_url),
     }
-    summary = evaluate.run(load_stage("eval", config, flags, set_))
+    summary = evaluate.run(load_stage("eval", config, flags, set_)).to_json()
     _stopped(summary)
     _show("eval", summary)
 

@@ -131,6 +131,37 @@ def _materialize_bundled(name: str) -> Path:
     return target
 
 
+def load_tokenizer(name: str | None, *, key: str = "model", for_generation: bool = False):
+    """The tokenizer of a model dir, hub id or bundled name: the one way every stage loads one.
+
+    The pad token falls back to the EOS token (as training and generation need one); `for_generation` pads on
+    the left. `key` is the setting the user changes when it cannot load, named in the one-line error.
+    Limits: a hub id loads only when cached or online; a tokenizer that loads but lacks a chat template is
+    returned as is (callers that render conversations check that themselves).
+    """
+    if name and not local_without_hub(name):  # never a hub lookup that fails with "couldn't connect to huggingface.co"
+        raise ConfigError(
+            f"cannot load the tokenizer of {name!r} (not a local directory, a bundled model or in the Hugging Face "
+            f"cache): set {key} to a local model directory holding it"
+        )
+    path = resolve_model(name)
+    require(f"loading the tokenizer of {name!r}", "transformers")
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, ImportError) as e:  # a missing dir, an uncached hub id, a bad config, sentencepiece
+        first = (str(e).splitlines() or [""])[0][:160]
+        raise ConfigError(
+            f"cannot load the tokenizer of {name!r} ({first}): set {key} to a local model directory holding it"
+        ) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if for_generation:
+        tokenizer.padding_side = "left"
+    return tokenizer
+
+
 def load_model(
     name: str | None,
     dtype: str = "float32",
@@ -141,25 +172,22 @@ def load_model(
     """(model, tokenizer) from a local dir, a hub id, or a bundled name; left padding for generation."""
     import torch
     import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     transformers.utils.logging.disable_progress_bar()
     path = resolve_model(name)
     torch_dtype = getattr(torch, dtype, None)
     if not isinstance(torch_dtype, torch.dtype):
         raise ConfigError(f"dtype {dtype!r} is not a torch dtype (use float32, bfloat16 or float16)")
+    tokenizer = load_tokenizer(name, for_generation=for_generation)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
         extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
         if quantization_config is not None:
             extra["quantization_config"] = quantization_config
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, **extra)
     except (OSError, ImportError) as e:  # ImportError: e.g. flash_attention_2 without flash-attn installed
         raise ConfigError(f"cannot load model {name!r}: {str(e).splitlines()[0][:200]}") from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     if for_generation:
-        tokenizer.padding_side = "left"
         model.eval()
     if not tokenizer.chat_template:
         raise ConfigError(f"model {name!r} has no chat template: use an instruct/chat model or add one")

@@ -207,17 +207,9 @@ def _sft_pool(cfg: TrainConfig, tokenizer) -> list[tuple[list[int], list[int]]]:
 
 
 def _load_teacher_tokenizer(name: str):
-    from transformers import AutoTokenizer
+    from seqdistill.models import load_tokenizer
 
-    from seqdistill.models import resolve_model
-
-    try:
-        return AutoTokenizer.from_pretrained(resolve_model(name))
-    except (OSError, ValueError) as e:
-        raise ConfigError(
-            f"cannot load the tokenizer of teacher {name!r} ({str(e).splitlines()[0][:160]}): set onpolicy.teacher "
-            "to a local model directory"
-        ) from None
+    return load_tokenizer(name, key="onpolicy.teacher")
 
 
 def _check_vocabulary(cfg: TrainConfig, teacher: str, teacher_tokenizer, tokenizer) -> None:
@@ -643,17 +635,12 @@ def _report(
 
 def check(cfg: TrainConfig) -> dict[str, Any]:
     """`train --check` for on-policy: prompts found, teacher vocabulary = student's, prompts render (no weights)."""
-    from transformers import AutoTokenizer
-
-    from seqdistill.models import resolve_model
+    from seqdistill.models import load_tokenizer
 
     pool = prompt_pool(cfg)
     teacher = teacher_name(cfg)
     teacher_tokenizer = _load_teacher_tokenizer(teacher)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.model))
-    except OSError as e:
-        raise ConfigError(f"cannot load the tokenizer of {cfg.model!r}: {str(e).splitlines()[0][:200]}") from None
+    tokenizer = load_tokenizer(cfg.model)
     _check_vocabulary(cfg, teacher, teacher_tokenizer, tokenizer)
     ctx = Context(cfg, None, tokenizer, teacher_tokenizer, teacher, pool, [])
     student = [len(ctx.prompt_ids(p, teacher=False)) for p in pool]

@@ -27,6 +27,7 @@ from seqdistill.config import (
     reference_markdown,
 )
 from seqdistill.prompts import load_prompts
+from seqdistill.report import facts
 from seqdistill.stages import report
 from tests.conftest import write_jsonl
 
@@ -95,4 +96,4 @@ def test_accuracy_figure_labels_round_like_the_tables():
     report.draw_accuracy(ax, evals, list(evals))
     labels = [t.get_text() for t in ax.texts][:2]
     assert labels == ["62.5%", "37.5%"]
-    assert labels == [report._pct(r["accuracy"]) for r in evals.values()]  # the table cells' own function
+    assert labels == [facts.pct(r["accuracy"]) for r in evals.values()]  # the table cells' own function

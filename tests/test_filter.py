@@ -102,7 +102,7 @@ def test_kept_rejected_and_report_files(samples, tmp_path):
     assert by_id[CRAFTED[7]["id"]]["meta"]["rejected"]["reason"] == "no reference answer"
 
     on_disk = json.loads(report_path.read_text(encoding="utf-8"))
-    assert on_disk == report
+    assert on_disk == report.to_json()
     assert on_disk["output"] == str(out)
     assert on_disk["rejected"] == str(rejected_path)
     assert on_disk["report"] == str(report_path)

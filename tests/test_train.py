@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from seqdistill.config import TrainConfig
+from seqdistill.results import TrainResult
 from seqdistill.stages import train
 from tests.conftest import make_sample, write_jsonl
 
@@ -63,7 +64,9 @@ def test_train_moves_weights_and_saves_report(tiny_model, tmp_path):
     saved = {p.name for p in out.iterdir()}
     assert {"model.safetensors", "tokenizer.json", "training_report.json"} <= saved
     assert "chat_template.jinja" in saved or "chat_template" in json.loads((out / "tokenizer_config.json").read_text())
-    assert json.loads((out / "training_report.json").read_text())["examples"] == 8
+    on_disk = json.loads((out / "training_report.json").read_text())
+    assert isinstance(report, TrainResult) and report.examples == on_disk["examples"] == 8
+    assert report.to_json() == on_disk  # the typed result is the report on disk, key for key
 
 
 def test_explicit_short_max_length_reports_cut_samples(tiny_model, tmp_path, caplog):

@@ -166,7 +166,7 @@ def test_filter_with_a_tokenizer_that_does_not_load(tmp_path):
     result = invoke(
         "filter", str(data), "--check", "numeric", "--set", "tokenizer=/nowhere/tok", "--set", "min_tokens=2"
     )
-    assert_one_error(result, "tokenizer '/nowhere/tok'", "cannot load it")
+    assert_one_error(result, "cannot load the tokenizer of '/nowhere/tok'", "set tokenizer to")
 
 
 # --- outputs that cannot be written ------------------------------------------------------------------------------

@@ -24,11 +24,6 @@ def word_count(text: str) -> int:
     return len(text.split())
 
 
-def completion_text(sample: Sample, include_reasoning: bool = True) -> str:
-    """The whole completion's text (`Sample.completion_text`): every turn, reasoning first when wanted."""
-    return sample.completion_text(include_reasoning)
-
-
 class Length(Rule):
     """Drop completions shorter than `min_tokens` or longer than `max_tokens` (both inclusive bounds).
 
@@ -60,7 +55,7 @@ class Length(Rule):
     def __call__(self, sample: Sample) -> Drop | None:
         if self.min_tokens is None and self.max_tokens is None:
             return None
-        n = self.count(completion_text(sample, self.include_reasoning))
+        n = self.count(sample.completion_text(self.include_reasoning))
         if self.min_tokens is not None and n < self.min_tokens:
             return self.drop(f"completion has {n} tokens, below min_tokens={self.min_tokens}")
         if self.max_tokens is not None and n > self.max_tokens:
@@ -167,7 +162,7 @@ class Repetition(Rule):
         self.max_ratio = max_ratio
 
     def __call__(self, sample: Sample) -> Drop | None:
-        text = completion_text(sample)
+        text = sample.completion_text()
         if len(text.split()) < 2 * self.n:
             return None
         ratio = repeated_ngram_ratio(text, self.n)

@@ -23,7 +23,6 @@ import logging
 from collections import Counter, defaultdict, deque
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from seqdistill import fingerprint, rundir, stats
 from seqdistill.checks.answers import CHECK_NAMES, NONE, Check, get_check, majority, options_from_config, vote_key
@@ -35,6 +34,7 @@ from seqdistill.errors import ConfigError, DataError
 from seqdistill.io import iter_jsonl, read_json_object, read_samples, write_atomic, write_json
 from seqdistill.models import model_identity
 from seqdistill.prompts import load_prompts
+from seqdistill.results import EvalResult, GenerateResult
 from seqdistill.stages import generate
 
 log = logging.getLogger(__name__)
@@ -53,9 +53,10 @@ def check_config(cfg: EvalConfig) -> Check:
     return check
 
 
-def run(cfg: EvalConfig, role: str | None = None) -> dict[str, Any]:
+def run(cfg: EvalConfig, role: str | None = None) -> EvalResult | GenerateResult:
     """Evaluate `cfg.model` into `cfg.output`, or into a file of its own when that one holds another model's
-    answers. `role` (teacher, student_before, ... in `seqdistill run`) is recorded in the manifest."""
+    answers. `role` (teacher, student_before, ... in `seqdistill run`) is recorded in the manifest.
+    A signal during sampling returns generate's result (`interrupted` True) instead of an `EvalResult`."""
     check_config(cfg)  # before any generation: a missing reference must not cost a whole run
     target = output_for_model(cfg)
     if target != Path(cfg.output):
@@ -104,14 +105,14 @@ def _other_model(path: Path, model: str, identity: str) -> str | None:
 
 
 @generate.one_writer
-def _run(cfg: EvalConfig, role: str | None) -> dict[str, Any]:
+def _run(cfg: EvalConfig, role: str | None) -> EvalResult | GenerateResult:
     check = check_config(cfg)
     made_from = fingerprint.of_config(cfg)
     options = options_from_config(cfg.check, cfg)
     use_student = cfg.prompt == "student"
     gen = generate.run(cfg, use_student_prompt=use_student)
-    if gen["interrupted"]:
-        return {"interrupted": True, **gen}
+    if gen.interrupted:
+        return gen
     prompts, ids = generate.plan(cfg, use_student_prompt=use_student)
     verdicts: Counter[str] = Counter()
     per_prompt: dict[str, list[tuple[str | None, bool | None]]] = defaultdict(list)
@@ -139,26 +140,26 @@ def _run(cfg: EvalConfig, role: str | None) -> dict[str, Any]:
     by_majority = [_majority_correct(check, answers) for answers in per_prompt.values()] if check.spec.votable else []
     scores = prompt_scores(per_prompt)
     acc = stats.accuracy(scores)
-    result = {
-        "model": cfg.model,
-        "prompt": cfg.prompt,
-        "prompts": len(prompts),
-        "samples": scored,
-        "correct": verdicts["correct"],
-        "wrong": verdicts["wrong"],
-        "unverifiable": verdicts["unverifiable"],
-        "accuracy": verdicts["correct"] / scored if scored else None,
-        "accuracy_ci": None if acc.value is None else [acc.ci_low, acc.ci_high],
-        "ci_method": acc.method,
-        "majority_accuracy": sum(by_majority) / len(by_majority)
+    result = EvalResult(
+        model=cfg.model,
+        prompt=cfg.prompt,
+        prompts=len(prompts),
+        samples=scored,
+        correct=verdicts["correct"],
+        wrong=verdicts["wrong"],
+        unverifiable=verdicts["unverifiable"],
+        accuracy=verdicts["correct"] / scored if scored else None,
+        accuracy_ci=None if acc.value is None else [acc.ci_low, acc.ci_high],
+        ci_method=acc.method,
+        majority_accuracy=sum(by_majority) / len(by_majority)
         if by_majority and not _majority_is_accuracy(cfg)
         else None,
-        "per_prompt": {pid: list(scores[pid]) for pid in sorted(scores)},
-        "output": cfg.output,
-        "check": cfg.check,
-        "model_identity": identity,
-        "weights": identity.rpartition("@")[2][:8] if "@" in identity else None,
-    }
+        per_prompt={pid: list(scores[pid]) for pid in sorted(scores)},
+        output=cfg.output,
+        check=cfg.check,
+        model_identity=identity,
+        weights=identity.rpartition("@")[2][:8] if "@" in identity else None,
+    )
     _write_manifest(cfg, result, role, made_from)
     return result
 
@@ -176,11 +177,11 @@ def _write_verdicts(path: Path, verdicts: dict[str, Verdict], check: str, identi
     write_atomic(path, lines())
 
 
-def _write_manifest(cfg: EvalConfig, result: dict[str, Any], role: str | None, made_from) -> None:
+def _write_manifest(cfg: EvalConfig, result: EvalResult, role: str | None, made_from) -> None:
     """The eval's manifest: generate's counts for this output, then the accuracy, its interval and method."""
     path = rundir.manifest_path(cfg.output)
     manifest = read_json_object(path) or {}
-    manifest.update(result, stage="eval", role=role, config=fingerprint.recorded_config(cfg),
+    manifest.update(result.to_json(), stage="eval", role=role, config=fingerprint.recorded_config(cfg),
                     fingerprint=made_from.to_dict())  # fmt: skip
     write_json(path, manifest)
 

@@ -43,7 +43,8 @@ from seqdistill.adapters import read_input
 from seqdistill.config import ExportConfig
 from seqdistill.errors import BackendError, ConfigError, DataError
 from seqdistill.records import Message, Sample
-from seqdistill.stages import report
+from seqdistill.report import card as report_card
+from seqdistill.report import facts as report_facts
 from seqdistill.stages.train import to_example
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,7 @@ class _Scan:
     def add(self, sample: Sample) -> None:
         self.first = self.first or sample
         self.prompts[sample.prompt_id] = self.prompts.get(sample.prompt_id, 0) + 1
-        self.lengths.append(len(report.completion_text(sample).split()))
+        self.lengths.append(len(sample.completion_text().split()))
         for name in MAPPINGS:  # the value types each key of the free-form mappings holds
             value = getattr(sample, name)
             items = (value.model_dump() if hasattr(value, "model_dump") else value or {}).items()
@@ -378,10 +379,10 @@ def _replace(tmp: Path, target: Path) -> None:
 def card_markdown(cfg: ExportConfig, splits: dict[str, int], files: list[str], scan: _Scan) -> str:
     """The card: the report's provenance, funnel and limitations, with this folder's files, format and loading."""
     facts = _facts(cfg)
-    kept = report.KeptStats(lengths=scan.lengths, unit="whitespace-separated words", first=scan.first)
-    teacher = report.teacher_name(facts, kept)
+    kept = report_facts.KeptStats(lengths=scan.lengths, unit="whitespace-separated words", first=scan.first)
+    teacher = report_facts.teacher_name(facts, kept)
     title = f"Distilled samples from {teacher}" if teacher != "unknown" else f"Samples from {Path(cfg.input).name}"
-    made = report.provenance(facts, kept) if facts.filter or facts.manifest else [f"Source: `{cfg.input}`"]
+    made = report_card.provenance(facts, kept) if facts.filter or facts.manifest else [f"Source: `{cfg.input}`"]
     counts = ", ".join(f"{name}: {n}" for name, n in splits.items())
     parts = [
         front_matter(sum(splits.values())),
@@ -390,16 +391,16 @@ def card_markdown(cfg: ExportConfig, splits: dict[str, int], files: list[str], s
         + ", ".join(f"`{f}`" for f in files)
         + ".\n",
         "## How it was made\n\n" + "\n".join(f"- {line}" for line in made) + "\n",
-        f"## Filter funnel\n\n{report.funnel_markdown(facts.filter)}\n",
+        f"## Filter funnel\n\n{report_card.funnel_markdown(facts.filter)}\n",
         f"## Format\n\n{format_markdown(cfg.format, scan.first)}\n",
         "## Load it\n\n"
-        + report._fence(
+        + report_card.fence(
             'from datasets import load_dataset\n\nds = load_dataset("path/to/this/folder")  # or the Hub repo id\n'
             + 'print(ds["train"][0])',
             "python",
         )
         + "\n",
-        "## Limitations\n\n" + "\n".join(f"- {line}" for line in report.limitations(facts)) + "\n",
+        "## Limitations\n\n" + "\n".join(f"- {line}" for line in report_card.limitations(facts)) + "\n",
     ]
     return "\n".join(parts)
 
@@ -422,7 +423,7 @@ def front_matter(count: int) -> str:
     """
     meta = {
         "task_categories": ["text-generation"],
-        "size_categories": [report.size_category(count)],
+        "size_categories": [report_card.size_category(count)],
         "tags": ["distillation", "synthetic", "seqdistill"],
     }
     return f"---\n{yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)}---\n{EXPORT_MARKER}\n"
@@ -445,24 +446,24 @@ def format_markdown(fmt: str, first: Sample | None) -> str:
         return text
     row = to_row(first, fmt)
     example = json.dumps({k: _elide(v) for k, v in row.items()}, ensure_ascii=False)
-    return f"{text} The first row (long values elided):\n\n{report._fence(example, 'json')}"
+    return f"{text} The first row (long values elided):\n\n{report_card.fence(example, 'json')}"
 
 
 def _elide(value: Any) -> Any:
     return value if len(json.dumps(value, ensure_ascii=False)) <= 400 else "…"
 
 
-def _facts(cfg: ExportConfig) -> report.RunFacts:
+def _facts(cfg: ExportConfig) -> report_facts.RunFacts:
     """The run's facts for the card: a pipeline run dir around the input if there is one, else its filter report."""
     path = Path(cfg.input)
     run_dir = path.parent
-    facts = report.RunFacts(run_dir, {})
+    facts = report_facts.RunFacts(run_dir, {})
     if (run_dir / "summary.json").is_file():
         try:
-            facts = report.gather(run_dir)
+            facts = report_facts.gather(run_dir)
         except (ConfigError, DataError) as e:
             log.warning("%s: not used for the card (%s)", run_dir / "summary.json", e)
     if facts.filter is None and path.is_file():
         side = path.with_name(path.stem + ".report.json")
-        facts.filter = report._read_json(side, report.FilterPart) if side.is_file() else None
+        facts.filter = report_facts.read_part(side, report_facts.FilterPart) if side.is_file() else None
     return facts

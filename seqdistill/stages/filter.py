@@ -22,7 +22,6 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
 
 from seqdistill import fingerprint, rundir
 from seqdistill.adapters import read_input
@@ -38,6 +37,7 @@ from seqdistill.extras import require
 from seqdistill.io import AtomicWriter, check_output, count_rows, write_json
 from seqdistill.progress import progress_bar
 from seqdistill.records import Sample
+from seqdistill.results import FilterResult, FunnelRow
 
 log = logging.getLogger(__name__)
 FUNNEL_ORDER = [
@@ -79,15 +79,9 @@ def _token_counter(model: str | None):
     if model is None:
         return None
     require(f"filter's token counts (tokenizer: {model}; unset it to count words)", "transformers")
-    from transformers import AutoTokenizer
+    from seqdistill.models import load_tokenizer
 
-    from seqdistill.models import resolve_model
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
-    except (OSError, ValueError) as e:  # a missing dir, a hub id that is not cached offline, a bad config
-        first = (str(e).splitlines() or [""])[0][:160]
-        raise ConfigError(f"tokenizer {model!r}: cannot load it ({first}); set tokenizer to a model dir") from None
+    tokenizer = load_tokenizer(model, key="tokenizer")
     return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -112,7 +106,7 @@ class _Funnel:
         writer.write(sample.to_json())
 
 
-def run(cfg: FilterConfig) -> dict[str, Any]:
+def run(cfg: FilterConfig) -> FilterResult:
     if not cfg.input:
         raise ConfigError("filter needs an input file: seqdistill filter SAMPLES.jsonl")
     output = cfg.output_path()
@@ -147,8 +141,8 @@ def run(cfg: FilterConfig) -> dict[str, Any]:
                 reason = f"prompt already has {cfg.max_per_prompt} kept samples (selection: {cfg.selection})"
                 funnel.reject(sample, Drop("max_per_prompt", reason), rejected)
     report = _report(cfg, total, kept.count, funnel, rules)
-    report.update(config=fingerprint.recorded_config(cfg), fingerprint=made_from.to_dict())
-    write_json(report_path, report)
+    report.config, report.fingerprint = fingerprint.recorded_config(cfg), made_from.to_dict()
+    write_json(report_path, report.to_json())
     return report
 
 
@@ -286,8 +280,8 @@ def _first_drop(rules: list[Rule], sample) -> Drop | None:
     return None
 
 
-def _report(cfg: FilterConfig, total: int, kept: int, funnel: _Funnel, rules: list[Rule]) -> dict[str, Any]:
-    rows = []
+def _report(cfg: FilterConfig, total: int, kept: int, funnel: _Funnel, rules: list[Rule]) -> FilterResult:
+    rows: list[FunnelRow] = []
     remaining = total
     active = {r.name for r in rules} - {"duplicate_id"} | ({"max_per_prompt"} if cfg.max_per_prompt else set())
     if cfg.min_pass_rate is not None or cfg.max_pass_rate is not None:
@@ -299,21 +293,21 @@ def _report(cfg: FilterConfig, total: int, kept: int, funnel: _Funnel, rules: li
             continue
         dropped = funnel.dropped[name]
         rows.append(
-            {"rule": name, "in": remaining, "dropped": dropped, "kept": remaining - dropped,
-             "examples": funnel.examples.get(name, [])}
+            FunnelRow(rule=name, in_=remaining, dropped=dropped, kept=remaining - dropped,
+                      examples=funnel.examples.get(name, []))
         )  # fmt: skip
         remaining -= dropped
     answer = next((r for r in rules if isinstance(r, AnswerCheck)), None)
     output = cfg.output_path()
     rejected_path, report_path = side_paths(output)
-    return {
-        "input": cfg.input,
-        "output": str(output),
-        "rejected": str(rejected_path),
-        "report": str(report_path),
-        "total": total,
-        "kept": kept,
-        "funnel": rows,
-        "answer_check": {"name": cfg.check, **dict(answer.verdicts)} if answer else {"name": NONE},
-        "decontamination": next((dict(r.hits) for r in rules if isinstance(r, Decontaminate)), {}),
-    }
+    return FilterResult(
+        input=cfg.input,
+        output=str(output),
+        rejected=str(rejected_path),
+        report=str(report_path),
+        total=total,
+        kept=kept,
+        funnel=rows,
+        answer_check={"name": cfg.check, **dict(answer.verdicts)} if answer else {"name": NONE},
+        decontamination=next((dict(r.hits) for r in rules if isinstance(r, Decontaminate)), {}),
+    )

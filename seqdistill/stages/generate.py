@@ -41,6 +41,7 @@ from seqdistill.models import model_identity
 from seqdistill.progress import progress_bar
 from seqdistill.prompts import PromptItem, load_prompts
 from seqdistill.records import Message, Sample, sample_id
+from seqdistill.results import GenerateResult
 from seqdistill.signals import STOP_SIGNALS, die_if_forked
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,7 @@ def one_writer(fn):
 
 
 @one_writer
-def run(cfg: GenerateConfig, use_student_prompt: bool = False) -> dict[str, Any]:
+def run(cfg: GenerateConfig, use_student_prompt: bool = False) -> GenerateResult:
     """Generate every missing sample of `cfg` into `cfg.output` (within the budgets); return counts."""
     if cfg.backend == "auto":
         cfg = cfg.model_copy(update={"backend": resolve_backend(cfg.backend)})
@@ -202,9 +203,9 @@ def run(cfg: GenerateConfig, use_student_prompt: bool = False) -> dict[str, Any]
         log.info("%s: all %d samples already present; nothing to send", cfg.output, len(ids))
         failures.settle()
         _write_manifest(cfg, summary, {})  # this invocation's record too: it sent nothing, and all are present
-        return summary
+        return GenerateResult.model_validate(summary)
     _execute(cfg, requests, {p.id: p for p in prompts}, ids, summary, failures)
-    return summary
+    return GenerateResult.model_validate(summary)
 
 
 @one_writer

@@ -42,6 +42,7 @@ from seqdistill.io import (
 from seqdistill.models import BUNDLED
 from seqdistill.prompts import load_prompts
 from seqdistill.records import Message, Sample
+from seqdistill.results import EvalResult, GenerateResult
 from seqdistill.rundir import RunDir
 from seqdistill.stages import evaluate, filter, generate, train
 from seqdistill.summary import COMPARISONS, comparisons, from_disk
@@ -172,8 +173,8 @@ def run(cfg: PipelineConfig, force: frozenset[str] = frozenset()) -> dict[str, A
         raise ConfigError(f"--force {', '.join(sorted(unknown))}: not a stage; choose from {', '.join(FORCEABLE)}")
     stages = Stages(cfg, force)
     generated = stages.generate()
-    if generated is not None and generated["interrupted"]:
-        return {"run_dir": cfg.run_dir, "generate": generated}
+    if generated is not None and generated.interrupted:
+        return {"run_dir": cfg.run_dir, "generate": generated.to_json()}
     stages.filter()
     evals = eval_configs(cfg) if cfg.eval else {}
     for name in ("teacher", "student_before"):
@@ -201,14 +202,14 @@ class Stages:
         self.cfg, self.force = cfg, force
         self.invocation: dict[str, dict[str, str]] = {}
         self.generated = 0
-        self.results: dict[str, Any] = {}
+        self.results: dict[str, EvalResult | GenerateResult] = {}
 
     def _decide(self, name: str, group: str, cfg, recorded: dict[str, Any] | None, complete: bool = True) -> bool:
         decision = fingerprint.decide(cfg, recorded, forced=group in self.force, complete=complete)
         self.invocation[name] = {"action": "reused" if decision.reuse else "ran", "why": decision.why}
         return decision.reuse
 
-    def generate(self) -> dict[str, Any] | None:
+    def generate(self) -> GenerateResult | None:
         g = self.cfg.generate
         manifest = read_json_object(rundir.manifest_path(g.output))
         if self._decide("generate", "generate", g, manifest, complete=bool((manifest or {}).get("complete"))):
@@ -216,7 +217,7 @@ class Stages:
             return None
         log.info("generate: %s: teacher %s (%s) -> %s", self._why("generate"), g.model, g.backend, g.output)
         result = generate.run(g)
-        self.generated = result["generated"]
+        self.generated = result.generated
         return result
 
     def filter(self) -> None:
@@ -235,7 +236,7 @@ class Stages:
             return False
         log.info("eval %s: %s: evaluating %s -> %s", name, self._why(f"eval {name}"), cfg.model, cfg.output)
         self.results[name] = evaluate.run(cfg, role=name)
-        return bool(self.results[name].get("interrupted"))
+        return self.results[name].interrupted
 
     def train(self) -> None:
         t = self.cfg.train
@@ -269,7 +270,7 @@ class Stages:
     def stopped(self, name: str) -> dict[str, Any]:
         """The summary of a run an eval's signal stopped: what is on disk, and the stopped eval."""
         summary = self.summary()
-        summary.setdefault("eval", {})[name] = self.results[name]
+        summary.setdefault("eval", {})[name] = self.results[name].to_json()
         return summary
 
     def summary(self) -> dict[str, Any]:

@@ -35,12 +35,12 @@ from seqdistill.backends.score_base import Failure, ScoreRequest, ScoreResult, c
 from seqdistill.config import ScoreConfig
 from seqdistill.errors import BackendError, ConfigError, DataError
 from seqdistill.io import SampleWriter, read_samples, repair_tail, write_json
-from seqdistill.models import model_identity
+from seqdistill.models import load_tokenizer, model_identity
 from seqdistill.progress import progress_bar
 from seqdistill.records import Message, Sample, score_id
 from seqdistill.stages.generate import Interrupted, _ctrl_c, in_shard
 from seqdistill.stages.preflight import render
-from seqdistill.stages.train import _load_tokenizer, to_example
+from seqdistill.stages.train import to_example
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ def run(cfg: ScoreConfig) -> ScoreSummary:
     """Score every sample of `cfg.input` not yet in `cfg.output` (within the budget); return the counts."""
     cfg = _check(cfg)
     tokenizer_name = cfg.teacher_tokenizer or cfg.model
-    tokenizer = _load_tokenizer(tokenizer_name, "teacher_tokenizer")
+    tokenizer = load_tokenizer(tokenizer_name, key="teacher_tokenizer")
     items, empty = plan(cfg, tokenizer_name)
     output = Path(cfg.output)
     done, settings = read_scored(output)

@@ -36,7 +36,9 @@ from seqdistill.config import InputFormatConfig, TrainConfig
 from seqdistill.errors import ConfigError, DataError
 from seqdistill.extras import require
 from seqdistill.io import check_output_dir, exclusive_lock, write_json
+from seqdistill.models import load_tokenizer
 from seqdistill.records import Message, Sample
+from seqdistill.results import TrainResult
 from seqdistill.stages.preflight import PreflightError, conversation_tokens, marked_example, render, run_preflight
 
 log = logging.getLogger(__name__)
@@ -321,25 +323,6 @@ def _require(module: str, message: str) -> None:
         raise ConfigError(message)
 
 
-def _load_tokenizer(name: str, key: str):
-    from transformers import AutoTokenizer
-
-    from seqdistill.models import local_without_hub, resolve_model
-
-    if not local_without_hub(name):  # never a hub lookup that fails with "couldn't connect to huggingface.co"
-        raise ConfigError(
-            f"cannot load the tokenizer of {name!r} (not a local directory, a bundled model or in the Hugging Face "
-            f"cache): set {key} to a local directory holding it"
-        )
-    try:
-        return AutoTokenizer.from_pretrained(resolve_model(name))
-    except (OSError, ValueError) as e:
-        raise ConfigError(
-            f"cannot load the tokenizer of {name!r} ({str(e).splitlines()[0][:160]}): set {key} to a local "
-            "directory holding it"
-        ) from None
-
-
 def attach_soft_targets(cfg: TrainConfig, tokenizer, examples: list[dict[str, Any]]) -> dict[str, Any]:
     """Add each example's teacher top-k rows (`kd_ids`, `kd_logprobs`, `kd_tokens`) for its completion tokens.
 
@@ -365,7 +348,7 @@ def attach_soft_targets(cfg: TrainConfig, tokenizer, examples: list[dict[str, An
     )
     if teacher is None:
         raise ConfigError("kd_alpha > 0: the samples do not name their teacher; set kd_teacher_tokenizer")
-    teacher_tok = _load_tokenizer(teacher, "kd_teacher_tokenizer")
+    teacher_tok = load_tokenizer(teacher, key="kd_teacher_tokenizer")
     require_same_vocabulary(teacher_tok.get_vocab(), tokenizer.get_vocab(), teacher, str(cfg.model))
     table = TokenTable(tokenizer)
     covered = supervised = 0
@@ -398,15 +381,12 @@ def check(cfg: TrainConfig) -> dict[str, Any]:
 
         return onpolicy.check(cfg)
     examples = _inputs(cfg)
-    from transformers import AutoTokenizer, GenerationConfig
+    from transformers import GenerationConfig
 
     from seqdistill.models import resolve_model
 
     path = resolve_model(cfg.model)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except OSError as e:
-        raise ConfigError(f"cannot load the tokenizer of {cfg.model!r}: {str(e).splitlines()[0][:200]}") from None
+    tokenizer = load_tokenizer(cfg.model)
     try:
         generation_eos = _eos_list(GenerationConfig.from_pretrained(path))
     except OSError:  # no generation_config.json: nothing to compare
@@ -453,7 +433,7 @@ def _no_empty_dirs(out: Path) -> Iterator[None]:
 
 
 @_one_writer
-def run(cfg: TrainConfig) -> dict[str, Any]:
+def run(cfg: TrainConfig) -> TrainResult:
     require("train")
     made_from = fingerprint.of_config(cfg)  # the input and base model as read now, before training
     if cfg.objective == "onpolicy":  # the student samples, the teacher scores: seqdistill/onpolicy.py
@@ -461,7 +441,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
 
         report = onpolicy.run(cfg)
         _record(cfg, report, made_from)
-        return report
+        return TrainResult.model_validate(report)
     examples = _inputs(cfg)
     from seqdistill.models import load_model
 
@@ -537,7 +517,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
     }
     if main_process:
         _record(cfg, report, made_from)
-    return report
+    return TrainResult.model_validate(report)
 
 
 def _record(cfg: TrainConfig, report: dict[str, Any], made_from: fingerprint.Fingerprint) -> None:

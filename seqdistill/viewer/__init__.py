@@ -29,7 +29,7 @@ from seqdistill.viewer.data import EvalInput, ViewerInputs, collect
 from seqdistill.viewer.page import render
 
 if TYPE_CHECKING:
-    from seqdistill.stages.report import KeptStats, RunFacts
+    from seqdistill.report.facts import KeptStats, RunFacts
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_SAMPLES = 2000
@@ -51,19 +51,19 @@ def write(facts: RunFacts, kept: KeptStats, out_dir: Path, max_samples: int = DE
 
 def inputs(facts: RunFacts, kept: KeptStats) -> ViewerInputs:
     """Where the viewer reads from, located the way the report locates the run's files."""
-    from seqdistill.stages.report import EVALS, _locate, length_counter
+    from seqdistill.report.facts import EVALS, length_counter, locate
 
     f = facts.summary.get("filter") or {}
     rejected = None
     if facts.kept is not None:
-        rejected = _locate(facts, f.get("rejected"), facts.kept.with_name(f"{facts.kept.stem}.rejected.jsonl").name)
+        rejected = locate(facts, f.get("rejected"), facts.kept.with_name(f"{facts.kept.stem}.rejected.jsonl").name)
     evals = {}
     for key, entry in facts.evals.items():
         if not isinstance(entry, dict) or entry.get("accuracy") is None and not entry.get("output"):
             continue  # "comparisons" and the like, or an eval that never ran
         default = f"eval-{key.replace('_', '-')}.jsonl"
         label = EVALS.get(key, key.replace("_", " "))
-        evals[key] = EvalInput(label, _locate(facts, entry.get("output"), default), entry)
+        evals[key] = EvalInput(label, locate(facts, entry.get("output"), default), entry)
     comparisons = facts.summary.get("comparisons") or facts.evals.get("comparisons") or []
     count, unit = length_counter(facts) if facts.kept is not None else (None, kept.unit)
     check = _check_name(facts)
