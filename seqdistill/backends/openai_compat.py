@@ -208,10 +208,13 @@ class OpenAIBackend(Backend):
         log.warning("prompt %s: gave up after %s (%s); the next run retries it", req.prompt_id, kind, detail)
         emit(Failure(req, kind, detail))
 
+    def request_body(self, req: Request) -> dict[str, Any]:
+        """The chat-completions body of `req` (live requests and batch input lines alike)."""
+        return {"model": self.cfg.model, "messages": req.messages, **self._params(req), **self.cfg.extra_body}
+
     async def _send(self, server: _Server, req: Request) -> dict[str, Any]:
-        body = {"model": self.cfg.model, "messages": req.messages, **self._params(req), **self.cfg.extra_body}
         try:
-            return await server.transport.chat(body)
+            return await server.transport.chat(self.request_body(req))
         except StatusError as e:
             raise self._status_error(e, server) from None
         except TransportError as e:

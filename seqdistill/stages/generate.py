@@ -140,6 +140,10 @@ def run(cfg: GenerateConfig, use_student_prompt: bool = False) -> dict[str, Any]
     if cfg.backend == "auto":
         cfg = cfg.model_copy(update={"backend": resolve_backend(cfg.backend)})
     prompts, ids, done, requests = pending_requests(cfg, use_student_prompt)
+    if cfg.mode != "live":  # a batch API, or batch files: stages/batch.py, on the same ledger
+        from seqdistill.stages import batch
+
+        return batch.run(cfg, prompts, ids, done)
     failures = FailureLog(Path(cfg.output), ids, done)
     summary = _summary_start(cfg, prompts, ids, requests)
     if other := len(done - set(ids.values())):
@@ -160,11 +164,14 @@ def run(cfg: GenerateConfig, use_student_prompt: bool = False) -> dict[str, Any]
 
 def dry_run(cfg: GenerateConfig) -> dict[str, Any]:
     """Send a pilot of a few prompts (kept in the output), then project requests, tokens, cost and time."""
+    if cfg.mode == "batch-file":
+        raise ConfigError("--dry-run sends a pilot; mode batch-file sends nothing (its files list the requests)")
     prompts, ids, done, requests = pending_requests(cfg)
     pilot = requests[: cfg.pilot_prompts]
     summary = _summary_start(cfg, prompts, ids, pilot)
-    if pilot:
-        _execute(cfg, pilot, {p.id: p for p in prompts}, ids, summary, FailureLog(Path(cfg.output), ids, done))
+    if pilot:  # live even in batch mode (a pilot batch could take a day); the rest is projected at the batch price
+        live = cfg.model_copy(update={"mode": "live"})
+        _execute(live, pilot, {p.id: p for p in prompts}, ids, summary, FailureLog(Path(cfg.output), ids, done))
     samples = max(summary["generated"], 1)
     remaining = requests[len(pilot) :]
     rest_samples = sum(r.n for r in remaining)
@@ -182,7 +189,9 @@ def dry_run(cfg: GenerateConfig) -> dict[str, Any]:
         "projected_prompt_tokens": round(per_sample_in * rest_samples),
         "projected_output_tokens": round(per_sample_out * rest_samples),
         "projected_cost": round(_cost(cfg, per_sample_in * rest_samples, per_sample_out * rest_samples), 4),
-        "projected_seconds": round(summary.get("seconds", 0.0) / max(pilot_waves, 1) * waves, 1),
+        "projected_seconds": round(summary.get("seconds", 0.0) / max(pilot_waves, 1) * waves, 1)
+        if cfg.mode == "live"
+        else f"within {cfg.batch_completion_window} (the batch completion window)",
     }
 
 
@@ -200,7 +209,8 @@ def _summary_start(cfg, prompts, ids, requests) -> dict[str, Any]:
 
 
 def _cost(cfg: GenerateConfig, prompt_tokens: float, output_tokens: float) -> float:
-    return (prompt_tokens * cfg.price_input_per_m + output_tokens * cfg.price_output_per_m) / 1e6
+    factor = cfg.batch_price_factor if cfg.mode != "live" else 1.0  # batch APIs sell the same tokens cheaper
+    return (prompt_tokens * cfg.price_input_per_m + output_tokens * cfg.price_output_per_m) * factor / 1e6
 
 
 def _over_budget(cfg: GenerateConfig, tally: _Tally) -> str | None:
