@@ -121,7 +121,7 @@ class GenerateConfig(_Config):
         "`vllm run-batch` or a later upload), read back with --from-batch-output. docs/batch.md.",
     )
     batch_max_requests: int = Field(50_000, ge=1, description="Batch: requests per input file (OpenAI: 50,000).")
-    batch_max_bytes: int = Field(200_000_000, ge=1024, description="Batch: bytes per input file (OpenAI: 200 MB).")
+    batch_max_bytes: int = Field(200_000_000, ge=1, description="Batch: bytes per input file (OpenAI: 200 MB).")
     batch_completion_window: str = Field("24h", description="Batch: the completion_window of each batch.")
     batch_price_factor: float = Field(
         0.5, gt=0, description="Batch modes: cost is the price_* keys times this (OpenAI's batch price: 0.5)."

@@ -48,6 +48,7 @@ class FakeBatchServer(FakeOpenAIServer):
         self.steps_per_state = steps_per_state
         self.hold = False
         self.fate = "completed"
+        self.fates: list[str] = []  # the fates of the next batches, in order (then `fate`)
         self.expire_answered = 0
         self.cancel_answered = 0
         self.error_status: dict[str, int] = {}
@@ -130,7 +131,7 @@ class FakeBatchServer(FakeOpenAIServer):
             "metadata": body.get("metadata"),
             "_seq": next(self._seq),
             "_polls": 0,
-            "_fate": self.fate,
+            "_fate": self.fates.pop(0) if self.fates else self.fate,
             "_created": time.monotonic(),
         }
         self.batches[batch["id"]] = batch
@@ -165,13 +166,31 @@ class FakeBatchServer(FakeOpenAIServer):
 
     def _finish(self, batch: dict[str, Any], status: str, answered: int) -> None:
         """Answer the first `answered` lines (the others get an error of the batch's end), write the files."""
-        out, err = [], []
         code = {"expired": "batch_expired", "cancelled": "batch_cancelled"}.get(status)
-        for k, raw in enumerate(self.files[batch["input_file_id"]]["data"].splitlines()):
+        out, err = self.answer_lines(self.files[batch["input_file_id"]]["data"], answered, code)
+        batch["request_counts"].update(total=len(out) + len(err), completed=len(out), failed=len(err))
+        if out:
+            data = "".join(json.dumps(o) + "\n" for o in out).encode()
+            batch["output_file_id"] = self._new_file(data, "batch_output.jsonl", "batch_output")["id"]
+        if err:
+            data = "".join(json.dumps(o) + "\n" for o in err).encode()
+            batch["error_file_id"] = self._new_file(data, "batch_errors.jsonl", "batch_output")["id"]
+        batch["status"] = status
+        batch[f"{status}_at"] = int(time.time())
+
+    def answer_lines(
+        self, data: bytes, answered: int | None = None, code: str | None = None
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(output lines, error lines) for a batch input file: what a provider (or `vllm run-batch`) writes.
+
+        The first `answered` requests (all when None) are answered; the others get an error `code`.
+        """
+        out, err = [], []
+        for k, raw in enumerate(data.splitlines()):
             line = json.loads(raw)
             entry = {"id": f"batch_req_{uuid.uuid4().hex[:20]}", "custom_id": line["custom_id"]}
-            if k >= answered and code:
-                message = f"This request could not be executed before the batch {status}."
+            if answered is not None and k >= answered and code:
+                message = f"This request could not be executed ({code})."
                 err.append({**entry, "response": None, "error": {"code": code, "message": message}})
                 continue
             body = line["body"]
@@ -193,16 +212,7 @@ class FakeBatchServer(FakeOpenAIServer):
                 except ValueError:
                     answer = answer.decode("utf-8", "replace")
             out.append({**entry, "response": self._response(200, answer), "error": None})
-        counts = batch["request_counts"]
-        counts.update(total=len(out) + len(err), completed=len(out), failed=len(err))
-        if out:
-            data = "".join(json.dumps(o) + "\n" for o in out).encode()
-            batch["output_file_id"] = self._new_file(data, "batch_output.jsonl", "batch_output")["id"]
-        if err:
-            data = "".join(json.dumps(o) + "\n" for o in err).encode()
-            batch["error_file_id"] = self._new_file(data, "batch_errors.jsonl", "batch_output")["id"]
-        batch["status"] = status
-        batch[f"{status}_at"] = int(time.time())
+        return out, err
 
     @staticmethod
     def _response(status_code: int, body: Any) -> dict[str, Any]:

@@ -42,7 +42,7 @@ TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 # failure classes a batch run resubmits within the run (besides validate.RETRIED): nothing wrong with the request
 RESUBMITTED = frozenset({"expired", "missing", "http_429", "http_408", "http_409"})
 _ERROR_KINDS = {"batch_expired": "expired", "batch_cancelled": "cancelled"}
-_CHUNK = 1 << 20
+_CHUNK = 1 << 16
 
 
 # --- custom ids ------------------------------------------------------------------------------------------

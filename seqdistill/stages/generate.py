@@ -376,11 +376,27 @@ class FailureLog:
             left = [(i, sid) for i, sid in pairs if sid not in gone]
             if left:
                 rows.append({**row, "sample_indices": [i for i, _ in left], "sample_ids": [sid for _, sid in left]})
-        rows += self.rows
+        rows += _latest_unresolved(self.rows, self.resolved)
         if rows:
             write_atomic(self.path, (json.dumps(row) for row in rows))
         else:
             self.path.unlink(missing_ok=True)
+
+
+def _latest_unresolved(rows: list[dict[str, Any]], resolved: set[str]) -> list[dict[str, Any]]:
+    """This run's rows, less samples written after they failed, each sample in its latest row only.
+
+    (A batch run resubmits what failed within the run: a sample may fail, then be written or fail again.)
+    """
+    seen: set[str] = set()
+    out = []
+    for row in reversed(rows):
+        pairs = zip(row["sample_indices"], row["sample_ids"], strict=True)
+        left = [(i, sid) for i, sid in pairs if sid not in resolved and sid not in seen]
+        seen |= {sid for _, sid in left}
+        if left:
+            out.append({**row, "sample_indices": [i for i, _ in left], "sample_ids": [sid for _, sid in left]})
+    return out[::-1]
 
 
 def _aligned(sample_ids: Any, indices: Any) -> bool:
