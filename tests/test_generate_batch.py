@@ -334,6 +334,45 @@ def test_submit_without_waiting_then_cancel_then_resubmit_the_rest(tmp_path, ser
     assert len(server.files[second["input_file_id"]]["data"].splitlines()) == 3
 
 
+def test_a_lost_input_file_is_fetched_back_and_another_url_is_refused_while_batches_are_open(tmp_path, server):
+    server.hold = True
+    prompts = write_jsonl(tmp_path / "p.jsonl", prompt_rows(0, 3))
+    out = tmp_path / "s.jsonl"
+    assert_exit(run(*batch_args(server.base_url, prompts, out, 1, "--set", "batch_wait=false")), 0)
+    (out.with_name("s.batch") / "input-0001.jsonl").unlink()
+
+    with FakeBatchServer(models=[MODEL]) as other:
+        result = run(*batch_args(other.base_url, prompts, out))
+    assert_exit(result, 1)
+    assert "has 1 open batches at" in error_line(result) and other.created_batches() == []
+
+    server.hold = False
+    assert_exit(run(*batch_args(server.base_url, prompts, out)), 0)
+    complete(out, 3)
+    (upload,) = server.uploads()
+    assert server.content_downloads(upload["id"]) == 1 and len(server.created_batches()) == 1
+
+
+def test_the_status_line_says_batches_requests_elapsed_and_next_poll(tmp_path, server):
+    from types import SimpleNamespace
+
+    from seqdistill.config import load_stage
+    from seqdistill.stages import batch, generate
+
+    server.hold = True
+    prompts = write_jsonl(tmp_path / "p.jsonl", prompt_rows(0, 5))
+    out = tmp_path / "s.jsonl"
+    assert_exit(run(*batch_args(server.base_url, prompts, out, 1, "--set", "batch_wait=false")), 0)
+    flags = {"mode": "batch", "model": MODEL, "base_url": server.base_url, "prompts.source": str(prompts)}
+    cfg = load_stage("generate", None, {**flags, "output": str(out)})
+    prompt_items, ids, done, _ = generate.pending_requests(cfg)
+    state_run = batch._Run(cfg, prompt_items, ids, done)
+    state_run.state.batches[0].counts = {"total": 5, "completed": 2, "failed": 1}
+    state_run.sink = SimpleNamespace(start=time.monotonic() - 65)
+    line = state_run._status_line(12.4)
+    assert line == "batches 1 open of 1 · requests 3/5 done · 1m05s elapsed · next poll in 12s"
+
+
 # --- budgets, cost, dry run ---------------------------------------------------------------------------------
 
 
@@ -356,6 +395,25 @@ def test_budgets_bound_what_is_submitted_and_cost_is_at_the_batch_price(tmp_path
     assert_exit(result, 0)
     complete(out2, 5)
     assert manifest(out2)["cost"] == pytest.approx(manifest(out2)["completion_tokens"] * 1.0)
+
+
+def test_a_budget_stops_new_batches_once_and_a_finished_output_needs_no_key(tmp_path, server, monkeypatch):
+    server.fates = ["expired"]  # a second round is due, and the budget is already spent
+    prompts = write_jsonl(tmp_path / "p.jsonl", prompt_rows(0, 4))
+    out = tmp_path / "s.jsonl"
+    result = run(*batch_args(server.base_url, prompts, out, 1, "--max-requests", "4"))
+    assert_exit(result, 1)
+    assert "4 samples failed (expired: 4)" in error_line(result)
+    assert len(server.created_batches()) == 1 and samples(out) == []
+    assert manifest(out)["budget_reached"] == "max_requests"
+    assert result.stderr.count("budget max_requests") == 1  # said once, not at every poll
+
+    assert_exit(run(*batch_args(server.base_url, prompts, out)), 0)
+    complete(out, 4)
+    monkeypatch.delenv("NO_SUCH_KEY", raising=False)
+    before = len(server.requests())
+    assert_exit(run(*batch_args(server.base_url, prompts, out, 1, "--set", "api_key_env=NO_SUCH_KEY")), 0)
+    assert len(server.requests()) == before  # nothing missing, nothing open: no key asked, nothing sent
 
 
 def test_dry_run_in_batch_mode_pilots_live_and_projects_at_the_batch_price(tmp_path, server):

@@ -24,7 +24,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,17 +181,19 @@ class LineOutcome:
     problem: str | None  # why the line is not used: not JSON, unknown custom_id
 
 
-def read_lines(path: Path) -> list[bytes]:
-    """The complete lines of a downloaded or given output file (a torn last line is left out)."""
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    if lines and lines[-1].strip() and not data.endswith(b"\n"):
-        try:
-            json.loads(lines[-1])
-        except ValueError:
-            log.warning("%s: its last line is cut short: left out", path)
-            lines = lines[:-1]
-    return [line for line in lines if line.strip()]
+def read_lines(path: Path) -> Iterator[bytes]:
+    """The complete lines of a downloaded or given output file, streamed (a torn last line is left out)."""
+    with path.open("rb") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            if not line.endswith(b"\n"):  # the last line, unterminated: whole only if it parses
+                try:
+                    json.loads(line)
+                except ValueError:
+                    log.warning("%s: its last line is cut short: left out", path)
+                    return
+            yield line
 
 
 # --- the files and batches endpoints ---------------------------------------------------------------------

@@ -255,7 +255,13 @@ def _write_files(cfg, prompts, ids, done) -> dict:
     state = load_state(cfg)
     covered = set()
     for entry in state.open() if state else []:
-        covered |= {sid for req in _input_requests(directory / entry.name, index) for sid in index.sample_ids(req)}
+        if not (directory / entry.name).is_file():
+            raise DataError(
+                f"{directory / entry.name} (open batch {entry.batch_id}) is missing: run once with --mode batch "
+                "(it fetches the file back), or --cancel, before writing batch files"
+            )
+        reqs = _input_requests(directory / entry.name, index)
+        covered |= {sid for req in reqs for sid in index.sample_ids(req)}
     requests = _pending(ids, set(ids.values()) - done, covered, messages)
     files = _split(cfg, _lines(answers, index, requests))
     for old in directory.glob("requests-*.jsonl"):  # an earlier write: replaced whole
@@ -385,8 +391,9 @@ class _Sink:
         if self.failed_now:
             kinds = Counter(self.failed_now.values())
             listed = ", ".join(f"{k}: {v}" for k, v in sorted(kinds.items()))
+            count = len(self.failed_now)
             raise BackendError(
-                f"{len(self.failed_now)} samples failed ({listed}); {self.tally.samples} samples were written to "
+                f"{count} sample{'s' * (count != 1)} failed ({listed}); {self.tally.samples} samples were written to "
                 f"{self.cfg.output}; they are listed in {self.failures.path.name}: run the same command again to "
                 "retry only the failed ones"
             )
@@ -414,7 +421,15 @@ class _Run:
         self.attempts: Counter[str] = Counter()  # sample id -> submissions this run
         self.submitted = self.reserved_out = 0
         self.reserved_cost = 0.0
-        self.client: BatchClient | None = None
+        self.budget: str | None = None  # the budget that stopped new submissions this run
+        self._client: BatchClient | None = None
+
+    @property
+    def client(self) -> BatchClient:
+        """Made at first use: a run with nothing to send or collect needs no key and no connection."""
+        if self._client is None:
+            self._client = BatchClient(self.cfg)
+        return self._client
 
     # --- the loop ---------------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -423,7 +438,6 @@ class _Run:
         summary = generate._summary_start(cfg, self.prompts, self.ids, [])
         summary.update(already_done=len(self.ids) - len(missing), mode="batch", batches_submitted=0)
         self.summary = summary
-        self.client = BatchClient(cfg)
         try:
             with _Sink(cfg, self.prompts, self.ids, self.done, summary, len(missing)) as sink:
                 self.sink = sink
@@ -432,6 +446,8 @@ class _Run:
                 with generate._ctrl_c(cfg.shutdown_timeout) as stop:
                     self._loop(stop)
                     summary["interrupted"] = stop.is_set()
+                    if stop.is_set() and getattr(stop, "signum", None):  # SIGTERM, SIGHUP: the CLI's exit code
+                        summary["stopped_by"] = signal.Signals(stop.signum).name
                 summary["batches_open"] = len(self.state.open())
         except KeyboardInterrupt:
             raise generate.Interrupted(
@@ -439,7 +455,8 @@ class _Run:
                 "provider: run the same command to collect them (or --cancel)"
             ) from None
         finally:
-            self.client.close()
+            if self._client is not None:
+                self._client.close()
         if summary["interrupted"] or (summary["batches_open"] and not cfg.batch_wait):
             log.warning(
                 "%d batches go on at the provider; run the same command to collect their answers (or --cancel)",
@@ -498,6 +515,8 @@ class _Run:
         skip = covered | {
             sid for sid in missing if not self.sink.retried(sid) or self.attempts[sid] > self.cfg.max_retries
         }
+        if self.budget:
+            return False
         requests = self._within_budget(_pending(self.ids, missing, skip, self.sink.index.messages))
         if not requests:
             return False
@@ -540,7 +559,7 @@ class _Run:
                     len(out),
                     len(requests),
                 )
-                self.summary["budget_reached"] = over
+                self.summary["budget_reached"] = self.budget = over
                 break
             out.append(req)
             submitted += runs

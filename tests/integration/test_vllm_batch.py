@@ -92,7 +92,7 @@ def test_a_batch_file_runs_through_vllm_run_batch_and_its_output_ingests_into_fi
     result = runner.invoke(app, args(prompts, out, "--from-batch-output", str(vllm_out)))
     assert result.exit_code == 1, result.output  # the refused request is a failure, the run says so
     error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(error) == 1 and "1 samples failed (http_400: 1)" in error[0] and "Traceback" not in result.output
+    assert len(error) == 1 and "1 sample failed (http_400: 1)" in error[0] and "Traceback" not in result.output
     (failure,) = read_jsonl(out.with_name("samples.failures.jsonl"))
     assert failure["prompt_id"] == f"q{len(QUESTIONS) - 1}" and failure["error"] == "http_400" and failure["detail"]
     rows = [Sample.model_validate(r) for r in read_jsonl(out)]
