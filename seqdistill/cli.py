@@ -2,13 +2,16 @@
 
 Only this module prints. A `SeqdistillError` becomes one red line and exit code 1 (SEQDISTILL_DEBUG=1
 shows the traceback); heavy libraries are imported inside commands so `--help` stays instant.
+SIGTERM and SIGHUP unwind a command like Ctrl-C (exit 143 / 129, 130 for Ctrl-C); see docs/robustness.md.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,7 +23,8 @@ from rich.markup import escape
 from seqdistill import __version__
 from seqdistill.checks.answers.registry import check_names_text
 from seqdistill.config import load_pipeline, load_stage
-from seqdistill.errors import SeqdistillError
+from seqdistill.errors import SeqdistillError, Stopped
+from seqdistill.signals import stop_signals
 
 app = typer.Typer(
     help="Sequence distillation: sample a teacher, keep the good samples, fine-tune a student.",
@@ -67,7 +71,7 @@ def _setup_logging() -> None:
 
 
 def command(fn):
-    """Run a command with user errors as one red line and exit 1; Ctrl-C aborts with exit 130."""
+    """Run a command with user errors as one red line and exit 1; a stop signal unwinds it (exit 128 + signal)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> None:
@@ -75,17 +79,47 @@ def command(fn):
         from seqdistill.stages.generate import Interrupted
 
         try:
-            fn(*args, **kwargs)
+            with stop_signals():
+                fn(*args, **kwargs)
         except (SeqdistillError, Interrupted) as e:
             if os.environ.get("SEQDISTILL_DEBUG"):
                 raise
-            err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(130 if isinstance(e, Interrupted) else 1) from None
-        except KeyboardInterrupt:
-            err.print("[bold red]interrupted[/]")
-            raise typer.Exit(130) from None
+            _error(str(e))
+            raise typer.Exit(e.exit_code if isinstance(e, Interrupted) else 1) from None
+        except KeyboardInterrupt as e:
+            name = e.name if isinstance(e, Stopped) else "Ctrl-C"
+            err.print(f"[bold red]interrupted[/] by {name}: finished outputs are kept; run the same command again")
+            raise typer.Exit(e.exit_code if isinstance(e, Stopped) else 130) from None
+        except OSError as e:  # last resort: an I/O error the stage did not name (it should raise DataError)
+            if os.environ.get("SEQDISTILL_DEBUG") or (e.filename is None and e.errno not in _ENVIRONMENT_ERRNOS):
+                raise
+            from seqdistill.io import os_error
+
+            _error(str(os_error(e, None, "access")))
+            raise typer.Exit(1) from None
+        except ModuleNotFoundError as e:  # an optional extra's library reached by a path no check guards
+            from seqdistill.extras import EXTRA_OF, installed, missing_extra
+
+            root = (e.name or "").split(".")[0]
+            if os.environ.get("SEQDISTILL_DEBUG") or root not in EXTRA_OF or installed(root):
+                raise  # not a missing extra: a bug, shown with its traceback
+            _error(str(missing_extra(_name(fn), root)))
+            raise typer.Exit(1) from None
 
     return wrapper
+
+
+# I/O errors that say something about the machine (not a bug), worth one line even without a file name
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EMFILE, errno.ENFILE, errno.EIO}
+
+
+def _error(message: str) -> None:
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def _name(fn) -> str:
+    """The command's name as typed (`train_cmd` -> `train`)."""
+    return fn.__name__.removesuffix("_cmd")
 
 
 def _show(title: str, summary: dict[str, Any]) -> None:
@@ -93,15 +127,22 @@ def _show(title: str, summary: dict[str, Any]) -> None:
 
     table = Table(title=title, show_header=False)
     for key, value in summary.items():
-        if not isinstance(value, dict | list):
+        if isinstance(value, list) and value and all(isinstance(v, float) for v in value):  # e.g. accuracy_ci
+            table.add_row(key, "[" + ", ".join(f"{v:.4g}" for v in value) + "]")
+        elif not isinstance(value, dict | list):
             table.add_row(key, escape(f"{value:.4g}" if isinstance(value, float) else str(value)))
     out.print(table)
 
 
 def _stopped(summary: dict[str, Any]) -> None:
+    """A run stopped by a signal: say what was kept and exit 128 + the signal (130 Ctrl-C, 143 TERM, 129 HUP)."""
     if summary.get("interrupted"):
-        err.print(f"stopped: {summary.get('generated', 0)} new samples kept; run the same command to resume")
-        raise typer.Exit(130)
+        name = summary.get("stopped_by") or "SIGINT"
+        shown = "Ctrl-C" if name == "SIGINT" else name
+        err.print(
+            f"stopped by {shown}: {summary.get('generated', 0)} new samples kept; run the same command to resume"
+        )
+        raise typer.Exit(128 + signal.Signals[name])
 
 
 @app.command("generate")
@@ -294,7 +335,8 @@ def run_cmd(
     from seqdistill.stages import pipeline
 
     summary = pipeline.run(load_pipeline(config, set_))
-    _stopped(summary["generate"])
+    for stage in (summary["generate"], *summary.get("eval", {}).values()):
+        _stopped(stage)
     out.print(summary_table(summary))
 
 
@@ -302,12 +344,21 @@ def run_cmd(
 @command
 def report_cmd(
     run_dir: Annotated[str, typer.Argument(help="A pipeline run dir (holds summary.json), e.g. runs/demo.")],
+    max_samples: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Explorer page: at most this many samples per category (kept, each reject "
+            "rule, each model's answers), chosen by hash; counts of the whole are shown.",
+        ),
+    ] = 2000,  # seqdistill.viewer.DEFAULT_MAX_SAMPLES (not imported here: --help stays light)
 ) -> None:
     """One HTML page (funnel, lengths, loss, accuracy), its figures as PNGs and a dataset card for a run."""
     from seqdistill.stages import report
 
-    result = report.run(run_dir)
+    result = report.run(run_dir, max_samples=max_samples)
     out.print(f"report -> {result['html']}")
+    out.print(f"explorer -> {result['explore']} (open it in a browser: samples, rejects, answers)")
     if figures := [Path(f) for f in result["figures"].values()]:
         out.print(f"figures -> {figures[0].parent}: {', '.join(f.name for f in figures)}")
     out.print(f"dataset card -> {result['card']}" if result["card"] else "dataset card: not written (see above)")
@@ -315,11 +366,43 @@ def report_cmd(
         err.print(f"{key}: not available ({escape(why)})", highlight=False)
 
 
+@app.command("export")
+@command
+def export_cmd(
+    input: Annotated[str | None, typer.Argument(help="Kept samples (any shape filter reads).")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="Folder to write; load it with load_dataset(DIR).")] = None,
+    format: Annotated[str | None, typer.Option(help="parquet | jsonl | messages | sharegpt.")] = None,
+    test_size: Annotated[float | None, typer.Option(help="Share of the prompts held out as a test split.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the split.")] = None,
+    push_to_hub: Annotated[str | None, typer.Option(help="Also upload to this Hub dataset repo (owner/name).")] = None,
+    private: Annotated[bool, typer.Option("--private", help="Create the Hub repo private.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier export in --to.")] = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Write kept samples as a dataset folder with its card (train/test splits when asked); optionally upload it."""
+    from seqdistill.stages import export
+
+    flags = {
+        "input": input, "to": to, "format": format, "test_size": test_size, "seed": seed, "push_to_hub": push_to_hub,
+        "private": private or None, "overwrite": overwrite or None,
+    }  # fmt: skip
+    result = export.run(load_stage("export", config, flags, set_))
+    out.print(f"export ({result.format}) -> {result.to}: " + ", ".join(f"{k} {n}" for k, n in result.splits.items()))
+    out.print(f"dataset card -> {result.card}")
+    if result.pushed:
+        out.print(f"uploaded -> https://huggingface.co/datasets/{result.pushed}")
+
+
 def summary_table(summary: dict[str, Any]):
     """The pipeline's one-screen summary: data funnel, training, held-out accuracy before -> after."""
     from rich.table import Table
 
+    from seqdistill.stats import Comparison, format_interval
+
     table = Table(title=f"seqdistill run: {summary['run_dir']}", show_header=False)
+    table.add_column(no_wrap=True)  # the row names stay whole on a narrow terminal; the values wrap
+    table.add_column()
     g, f = summary["generate"], summary.get("filter", {})
     table.add_row("prompts", str(g["prompts"]))
     table.add_row("samples", f"{g['requested']} ({g['generated']} new, {g['truncated']} truncated)")
@@ -334,13 +417,23 @@ def summary_table(summary: dict[str, Any]):
 
     def acc(name: str) -> str:
         r = e.get(name)
-        return f"{r['accuracy']:.1%} ({r['correct']}/{r['samples']})" if r and r["accuracy"] is not None else "-"
+        if not r or r.get("accuracy") is None:
+            return "-"
+        low, high = r.get("accuracy_ci") or (None, None)
+        return f"{format_interval(r['accuracy'], low, high)} ({r['correct']}/{r['samples']})"
 
     if e:
         table.add_row("held-out accuracy: teacher", acc("teacher"))
         table.add_row("held-out accuracy: student", f"{acc('student_before')} -> {acc('student_after')}")
         if "student_reference" in e:
             table.add_row("held-out accuracy: student on reference answers", acc("student_reference"))
+    comparisons = [Comparison(**c) for c in summary.get("comparisons") or []]
+    for c in comparisons:  # a - b on the prompts both answered, with the paired test
+        table.add_row(f"paired: {c.a.replace('_', ' ')} - {c.b.replace('_', ' ')}", str(c))
+    methods = sorted({r["ci_method"] for r in e.values() if isinstance(r, dict) and r.get("accuracy_ci")})
+    methods += sorted({f"{c.ci_method} + {c.test}" for c in comparisons if c.difference is not None})
+    if methods:
+        table.add_row("95% CI, paired test", ", ".join(methods) + " (docs/statistics.md)")
     return table
 
 

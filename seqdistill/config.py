@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -41,12 +42,87 @@ class PromptsConfig(_Config):
     )
     id_field: str = Field("id", description="Field with a prompt id; a content hash when absent.")
     messages_field: str = Field("messages", description="Field with ready chat messages (used when no question).")
+    tools_field: str = Field("tools", description="Field with a prompt's own tool definitions (OpenAI style).")
+    tools: str | list[dict[str, Any]] | None = Field(
+        None,
+        description="Tool definitions (OpenAI style) for every prompt without its own: a list, or a JSON file "
+        "holding one; sent to the teacher, stored on the records.",
+    )
     system_prompt: str | None = Field(None, description="Student's system prompt.")
     template: str | None = Field(None, description="Student's user template: a .jinja path or inline Jinja.")
     teacher_system_prompt: str | None = Field(None, description="Teacher's system prompt (default: the student's).")
     teacher_template: str | None = Field(None, description="Teacher's user template (default: the student's).")
     teacher_examples: str | None = Field(None, description="JSONL of worked examples shown to the teacher only.")
     limit: int | None = Field(None, ge=1, description="Use only the first N prompts.")
+
+
+Shape = Literal["auto", "seqdistill", "prompt_completion", "messages", "sharegpt", "columns"]
+
+
+class FieldMap(_Config):
+    """Which columns of an existing dataset hold what (docs/datasets.md); unset keys use the shape's own names."""
+
+    prompt: str | None = Field(
+        None, description="Column with the prompt: a string (one user turn) or a list of messages."
+    )
+    completion: str | None = Field(
+        None,
+        description="Column with the completion: a string, a list of messages, or a list of strings "
+        "(one sample per generation).",
+    )
+    reference: str | None = Field(None, description="Column with the reference answer (any shape).")
+    reference_pattern: str | None = Field(
+        None, description="Regex whose first group extracts the reference from that column (GSM8K: '####\\s*(.+)')."
+    )
+    system: str | None = Field(None, description="Column with a system prompt put before the prompt (any shape).")
+    prompt_id: str | None = Field(
+        None, description="Column with the prompt id (default: the row's prompt_id, else a hash of the prompt)."
+    )
+    reasoning: str | None = Field(
+        None, description="Column with the completion's reasoning trace (a string, or a list beside the generations)."
+    )
+    finish_reason: str | None = Field(
+        None, description="Column with the finish reason (a string, or a list beside the generations)."
+    )
+    per_generation: list[str] = Field(
+        default_factory=list,
+        description="Columns holding one value per generation (e.g. correctness_math_verify): each sample keeps "
+        "its own value in meta.source.",
+    )
+    messages: str = Field("messages", description="Column with TRL `messages` (shape messages).")
+    conversations: str = Field("conversations", description="Column with ShareGPT turns (shape sharegpt).")
+
+    @field_validator("reference_pattern")
+    @classmethod
+    def _compiles(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"{pattern!r} is not a valid regular expression: {e}") from None
+        return pattern
+
+
+class InputFormatConfig(_Config):
+    """How a stage reads samples it did not write: the dataset's split, its shape, and its columns."""
+
+    shape: Shape = Field(
+        "auto",
+        description="auto (detected from the first row) | seqdistill | prompt_completion | messages | sharegpt | "
+        "columns (set by fields.prompt / fields.completion).",
+    )
+    split: str = Field("train", description="Split to read from a dataset dir or hub dataset.")
+    subset: str | None = Field(None, description="Hub dataset config name.")
+    fields: FieldMap = Field(default_factory=FieldMap)
+
+    @model_validator(mode="after")
+    def _columns_need_fields(self) -> InputFormatConfig:
+        mapped = self.fields.prompt is not None or self.fields.completion is not None
+        if self.shape == "columns" and not (self.fields.prompt and self.fields.completion):
+            raise ValueError("shape columns needs fields.prompt and fields.completion (the columns that hold them)")
+        if mapped and self.shape not in ("auto", "columns"):
+            raise ValueError(f"fields.prompt / fields.completion map columns: they do not go with shape {self.shape}")
+        return self
 
 
 class SamplingConfig(_Config):
@@ -138,6 +214,11 @@ class GenerateConfig(_Config):
     batch_wait: bool = Field(
         True, description="Batch: wait for the batches and write their answers; false: submit, then exit."
     )
+    response_format: str | dict[str, Any] | None = Field(
+        None,
+        description="Structured output: a JSON Schema file, or an OpenAI response_format mapping "
+        "({type: json_schema, json_schema: {name, schema}}), that constrains decoding (openai, vllm backends).",
+    )
     # an empty answer (no content, no reasoning) is a failed request, asked again (backends/validate.py)
     keep_empty_answers: ClassVar[bool] = False
 
@@ -150,6 +231,25 @@ class GenerateConfig(_Config):
         if not (sep and i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
             raise ValueError(f"shard must be 'I/N' with 0 <= I < N, e.g. 0/4 (got {value!r})")
         return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_credentials_in_url(cls, value: str | list[str]) -> str | list[str]:
+        # never echo the URL: the message would carry the password into logs and terminals
+        for url in [value] if isinstance(value, str) else value:
+            if "@" in urlsplit(url).netloc:
+                raise ValueError(
+                    "credentials in the URL (user:password@host) are not supported: they would end up in logs and "
+                    "manifests; remove them and put the key in an environment variable named by api_key_env"
+                )
+        return value
+
+    @field_validator("response_format")
+    @classmethod
+    def _check_response_format(cls, value: str | dict[str, Any] | None) -> dict[str, Any] | None:
+        from seqdistill.checks.answers.json import response_format
+
+        return None if value is None else response_format(value)
 
     @model_validator(mode="after")
     def _check_budget(self) -> GenerateConfig:
@@ -176,10 +276,19 @@ class GenerateConfig(_Config):
 
 
 class FilterConfig(_Config):
-    input: str | None = Field(None, description="Samples file to filter.")
+    input: str | None = Field(
+        None, description="Samples to filter: JSONL, Parquet, a saved dataset dir or a hub name, in any shape."
+    )
+    input_format: InputFormatConfig = Field(default_factory=InputFormatConfig)
     output: str | None = Field(None, description="Kept samples (default: <input stem>.kept.jsonl).")
     check: str = Field("math", description=f"Answer check: {check_names_text()} (see docs/checks.md).")
     check_pattern: str | None = Field(None, description="check regex: the pattern whose first group is the answer.")
+    json_schema: str | dict[str, Any] | None = Field(
+        None, description="check json: the JSON Schema (a file, or inline) the answer must validate against."
+    )
+    check_field: str | None = Field(
+        None, description="check json: the answer's field compared with the reference, e.g. $.answer ($: the whole)."
+    )
     check_timeout: float = Field(5.0, gt=0, description="Seconds one answer check may take (then: unverifiable).")
     unsafe_code_check: bool = Field(
         False,
@@ -251,11 +360,84 @@ class FilterConfig(_Config):
         if self.output:
             return Path(self.output)
         src = Path(self.input or "samples.jsonl")
+        hub = not src.exists() and not src.suffix and "/" in str(self.input) and not str(self.input).startswith(".")
+        if hub and not src.is_absolute():  # a hub dataset (owner/name): written here, not in a folder named `owner`
+            return Path(src.name + ".kept.jsonl")
         return src.with_name(src.stem + ".kept.jsonl")
 
 
+class OnPolicyConfig(_Config):
+    """`train` with `objective: onpolicy`: rounds of student sampling, teacher scoring and reverse-KL steps.
+
+    The optimizer keys of `train` apply (`learning_rate`, `batch_size` rollouts per micro-batch,
+    `gradient_accumulation_steps`, `lr_scheduler_type`, `warmup_ratio`, `seed`, `dtype`, `bf16`).
+    """
+
+    teacher: str | None = Field(
+        None,
+        description="Teacher scoring the student's tokens (HF dir, hub id, bundled:smollm2); "
+        "default: the teacher model named by the input samples.",
+    )
+    teacher_backend: Literal["transformers", "openai", "vllm"] = Field(
+        "transformers",
+        description="How the teacher scores: transformers (in-process), openai (a server with prompt logprobs, "
+        "e.g. vllm serve), vllm (in-process); the last two through `seqdistill score`'s backends.",
+    )
+    teacher_base_url: str | list[str] | None = Field(
+        None, description="teacher_backend openai: the server(s), e.g. http://127.0.0.1:8000/v1."
+    )
+    teacher_api_key_env: str | None = Field(
+        None, description="teacher_backend openai: env var holding the server's API key (never written anywhere)."
+    )
+    teacher_dtype: str = Field("float32", description="Teacher weights dtype (in-process teachers).")
+    teacher_batch_size: int = Field(16, ge=1, description="Rollouts per teacher forward pass.")
+    sampler: Literal["transformers", "vllm"] = Field(
+        "transformers",
+        description="Student sampling engine: transformers (in-process, current weights) or vllm (in-process on a "
+        "GPU, the current weights loaded each round; untested without a GPU).",
+    )
+    sample_batch_size: int = Field(32, ge=1, description="Rollouts per generation batch (transformers sampler).")
+    rounds: int = Field(4, ge=1, description="Rounds of sample → score → train.")
+    prompts_per_round: int = Field(32, ge=1, description="Prompts the student answers each round (cycling the pool).")
+    n: int = Field(2, ge=1, description="Student samples per prompt each round.")
+    temperature: float = Field(
+        1.0, gt=0, description="Student sampling temperature (1: samples from the policy the loss assumes)."
+    )
+    top_p: float = Field(1.0, gt=0, le=1, description="Student nucleus sampling (1: off).")
+    max_tokens: int = Field(256, ge=1, description="Maximum new tokens per student sample; longer ones are cut.")
+    steps_per_round: int | None = Field(
+        None, ge=1, description="Optimizer steps per round (cycling the round's rollouts); default: one pass."
+    )
+    loss: Literal["reverse_kl", "jsd"] = Field(
+        "reverse_kl",
+        description="reverse_kl: sampled-token estimator, needs the teacher's logprob of each student token; "
+        "jsd: generalized JSD on the teacher's top-k (+ the rest as one bucket), weighted by beta.",
+    )
+    beta: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="jsd: 0 = forward KL(teacher‖student), 1 = reverse KL(student‖teacher) (TRL's GKD).",
+    )
+    top_k: int = Field(20, ge=1, description="jsd: how many of the teacher's top tokens per position.")
+    sft_share: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Share of optimizer steps that are cross-entropy on the input's teacher samples "
+        "(GKD's lambda is 1 - sft_share).",
+    )
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    prompts: PromptsConfig | None = Field(
+        None, description="Prompt source (student and teacher renderings); default: the input samples' prompts."
+    )
+
+
 class TrainConfig(_Config):
-    input: str | None = Field(None, description="Kept samples file.")
+    input: str | None = Field(
+        None, description="Kept samples: JSONL, Parquet, a saved dataset dir or a hub name, in any shape."
+    )
+    input_format: InputFormatConfig = Field(default_factory=InputFormatConfig)
     model: str | None = Field(None, description="Student: HF model dir or bundled:smollm2.")
     output: str = Field("student", description="Directory for the trained model and its report.")
     epochs: float = Field(2.0, gt=0)
@@ -304,6 +486,10 @@ class TrainConfig(_Config):
     reasoning: Literal["think", "drop"] = Field(
         "think", description="Render reasoning_content as <think>…</think> before the answer, or drop it."
     )
+    train_on: Literal["completion", "all_assistant"] = Field(
+        "completion",
+        description="Assistant turns to learn: the completion's, or also the prompt's earlier ones (conversations).",
+    )
     kd_alpha: float = Field(
         0.0,
         ge=0,
@@ -317,6 +503,12 @@ class TrainConfig(_Config):
         description="Teacher tokenizer checked against the student's before soft-target training; "
         "default: the samples' teacher model.",
     )
+    objective: Literal["sft", "onpolicy"] = Field(
+        "sft",
+        description="sft: cross-entropy on the samples (plus soft targets with kd_alpha); onpolicy: the student "
+        "samples, the teacher scores its tokens, the student lowers the per-token reverse KL (see onpolicy.*).",
+    )
+    onpolicy: OnPolicyConfig = Field(default_factory=OnPolicyConfig)
 
     @model_validator(mode="after")
     def _check_kd(self) -> TrainConfig:
@@ -326,7 +518,15 @@ class TrainConfig(_Config):
             raise ValueError(
                 "kd_alpha > 0 (soft targets) does not work with packing or padding_free yet: set them to false"
             )
+        if self.objective == "onpolicy":
+            unsupported = [k for k in _NOT_ONPOLICY if getattr(self, k) != TrainConfig.model_fields[k].default]
+            if unsupported:
+                raise ValueError(f"objective onpolicy does not support {', '.join(unsupported)} yet: unset them")
         return self
+
+
+# train keys the on-policy loop does not use: refused rather than silently ignored
+_NOT_ONPOLICY = ("lora", "qlora", "packing", "padding_free", "kd_alpha", "eval_fraction", "save_steps", "liger_kernel")
 
 
 class EvalSamplingConfig(SamplingConfig):
@@ -341,6 +541,12 @@ class EvalConfig(GenerateConfig):
     n: int = Field(1, ge=1, description="Samples per prompt; pass@1 is averaged over them.")
     check: str = Field("math", description="Answer check, as in filter.")
     check_pattern: str | None = Field(None, description="check regex: the pattern whose first group is the answer.")
+    json_schema: str | dict[str, Any] | None = Field(
+        None, description="check json: the JSON Schema (a file, or inline) the answer must validate against."
+    )
+    check_field: str | None = Field(
+        None, description="check json: the answer's field compared with the reference, e.g. $.answer ($: the whole)."
+    )
     check_timeout: float = Field(5.0, gt=0, description="Seconds one answer check may take (then: unverifiable).")
     workers: int = Field(0, ge=0, description="Processes for answer checks (0: in this process).")
     unsafe_code_check: bool = Field(
@@ -362,7 +568,10 @@ class ScoreConfig(GenerateConfig):
     engine_args, ...) are generate's keys; what only generation uses is refused when set.
     """
 
-    input: str | None = Field(None, description="Samples file whose completions the teacher scores.")
+    input: str | None = Field(
+        None, description="Samples whose completions the teacher scores (any shape filter reads)."
+    )
+    input_format: InputFormatConfig = Field(default_factory=InputFormatConfig)
     output: str = Field("scored.jsonl", description="Scored samples file; appended to, and resumed from.")
     logprobs: int = Field(
         5,
@@ -386,7 +595,8 @@ class ScoreConfig(GenerateConfig):
 
     @model_validator(mode="after")
     def _refuse_generation_keys(self) -> ScoreConfig:
-        unused = {"n", "sampling", "split_think", "max_output_tokens", "max_cost", "pilot_prompts", "mode"}
+        unused = {"n", "sampling", "split_think", "max_output_tokens", "max_cost", "pilot_prompts", "response_format"}
+        unused |= {"mode"}  # batch modes are generate's
         unused &= self.model_fields_set
         unused |= {f"prompts.{k}" for k in ("source", "teacher_template") if k in self.prompts.model_fields_set}
         if unused:
@@ -395,6 +605,29 @@ class ScoreConfig(GenerateConfig):
                 "teacher's prompt (meta.teacher_prompt, or prompts.teacher_system_prompt / prompts.teacher_examples)"
             )
         return self
+
+
+class ExportConfig(_Config):
+    """`seqdistill export`: kept samples as a folder that `datasets.load_dataset(DIR)` loads (docs/export.md)."""
+
+    input: str | None = Field(None, description="Kept samples to export (any shape filter reads).")
+    input_format: InputFormatConfig = Field(default_factory=InputFormatConfig)
+    to: str | None = Field(None, description="Folder to write (refused when it exists and is not empty).")
+    format: Literal["parquet", "jsonl", "messages", "sharegpt"] = Field(
+        "parquet",
+        description="parquet / jsonl: the records as they are; messages: TRL `messages`; sharegpt: "
+        "`conversations` of from/value turns.",
+    )
+    test_size: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Share of the prompts held out as a test split (all samples of a prompt go together).",
+    )
+    seed: int = Field(0, description="Seed of the train/test split.")
+    overwrite: bool = Field(False, description="Replace the folder when it exists (written by an earlier export).")
+    push_to_hub: str | None = Field(None, description="Also upload the folder to this Hub dataset repo (owner/name).")
+    private: bool = Field(False, description="Create the Hub repo private.")
 
 
 class PipelineConfig(_Config):
@@ -407,6 +640,9 @@ class PipelineConfig(_Config):
     eval: EvalConfig | None = Field(None, description="Held-out eval (prompts with references).")
     score: ScoreConfig | None = Field(
         None, description="Teacher scoring of the samples (`seqdistill score`; `seqdistill run` does not run it)."
+    )
+    export: ExportConfig | None = Field(
+        None, description="Export of the kept samples (`seqdistill export`; `seqdistill run` does not run it)."
     )
     reference_baseline: bool = Field(
         False,
@@ -424,6 +660,12 @@ class PipelineConfig(_Config):
         cfg.filter.input = cfg.filter.input or cfg.generate.output
         cfg.filter.output = cfg.filter.output or str(d / "kept.jsonl")
         cfg.train.input = cfg.train.input or cfg.filter.output
+        if cfg.filter.check == "json" and cfg.filter.json_schema is None and cfg.generate.response_format:
+            from seqdistill.checks.answers.json import schema_of  # the schema generate constrained to
+
+            cfg.filter.json_schema = schema_of(cfg.generate.response_format)
+        if cfg.export is not None:
+            cfg.export.input = cfg.export.input or cfg.filter.output
         if "output" not in self.train.model_fields_set:
             cfg.train.output = str(d / "student")
         if cfg.eval is not None and "output" not in self.eval.model_fields_set:
@@ -439,9 +681,10 @@ class PipelineConfig(_Config):
         return cfg
 
 
-SECTIONS = ("generate", "filter", "train", "eval", "score")
+SECTIONS = ("generate", "filter", "train", "eval", "score", "export")
 _STAGE_CLASSES: dict[str, type[_Config]] = {
     "generate": GenerateConfig, "filter": FilterConfig, "train": TrainConfig, "eval": EvalConfig, "score": ScoreConfig,
+    "export": ExportConfig,
 }  # fmt: skip
 
 
@@ -480,6 +723,10 @@ def read_yaml(path: str | None) -> dict[str, Any]:
         raise ConfigError(f"config {path}: no such file")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config {path}: not valid UTF-8 (byte {e.start + 1}); save it as UTF-8 text") from None
+    except OSError as e:
+        raise ConfigError(f"config {path}: cannot read it ({os.strerror(e.errno) if e.errno else e})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
@@ -654,6 +901,10 @@ def reference_markdown() -> str:
         ("generate / eval: `sampling.*`", SamplingConfig, "sampling."),
         ("filter", FilterConfig, ""),
         ("train", TrainConfig, ""),
+        ("train: `onpolicy.*` (with `objective: onpolicy`)", OnPolicyConfig, "onpolicy."),
+        ("filter / train / score / export: `input_format.*` (docs/datasets.md)", InputFormatConfig, "input_format."),
+        ("`input_format.fields.*`: the columns that hold each part", FieldMap, "input_format.fields."),
+        ("export (docs/export.md)", ExportConfig, ""),
     ]
     lines: list[str] = []
     for title, cls, prefix in sections:
@@ -667,7 +918,10 @@ def reference_markdown() -> str:
         "| key | default | meaning |",
         "|---|---|---|",
     ]
-    keys = ("check", "check_pattern", "check_timeout", "workers", "unsafe_code_check", "prompt", "allow_mixed_output")
+    keys = (
+        "check", "check_pattern", "json_schema", "check_field", "check_timeout", "workers", "unsafe_code_check",
+        "prompt", "allow_mixed_output",
+    )  # fmt: skip
     lines += [_row(name, EvalConfig.model_fields[name]) for name in keys]
     own = [name for name in ScoreConfig.model_fields if name not in GenerateConfig.model_fields or name == "output"]
     lines += [

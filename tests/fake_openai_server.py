@@ -14,7 +14,14 @@ token), `delay` (seconds before each answer), `fail_first` (the first K chat req
 `garbage_first` (the next K get a 200 HTML page, as from a misconfigured proxy),
 `models` (404 "model not found" for other names), `reasoning_field` ("reasoning_content" or
 "reasoning": send a reasoning trace under that name), `malformed` (question -> `Malformed`: a
-healthy answer bent into a malformed one, for chosen prompts only, mixed into a healthy run).
+healthy answer bent into a malformed one, for chosen prompts only, mixed into a healthy run),
+`tool_calls` (question -> (function name, arguments): when the request offers that function in
+`tools` and the conversation ends with the user's question, every choice calls it, as OpenAI's API
+shapes a call: `content: null`, `tool_calls: [{id, type: "function", function: {name, arguments:
+JSON string}}]`, finish_reason "tool_calls"). A conversation that ends with a tool result is answered
+from it: `tool_answer_text(result, index)`.
+A request with a `response_format` of type json_schema or json_object is answered in JSON, as a server
+honouring structured output would: `{"answer": S, "work": "A + B = S"}` (`json_answer_text`).
 
 `/v1/completions` (what `seqdistill score` sends) is answered when the server is given `scorer`, a local
 transformers model dir: a token-id `prompt` is run through that REAL model (one unpadded forward, float32,
@@ -100,6 +107,7 @@ class FakeOpenAIServer:
         self._scorer_lock = threading.Lock()
         self._completions_count = 0
         self.malformed: dict[str, Malformed] = {}
+        self.tool_calls: dict[str, tuple[str, dict[str, Any]]] = {}
         self._lock = threading.Lock()
         self._log: list[dict[str, Any]] = []
         self._chat_count = 0
@@ -200,10 +208,27 @@ class FakeOpenAIServer:
             n = min(n, self.max_n)
         max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
         question = _question(messages)
+        last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+        offered = {t.get("function", {}).get("name") for t in body.get("tools") or [] if isinstance(t, dict)}
+        call = self.tool_calls.get(question)
         choices = []
         completion_tokens = 0
         for i in range(n):
-            text = answer_text(question, i)
+            if call is not None and call[0] in offered and last.get("role") == "user":
+                arguments = json.dumps(call[1])
+                completion_tokens += len(arguments.split())
+                function = {"name": call[0], "arguments": arguments}
+                message = {"role": "assistant", "content": None,
+                           "tool_calls": [{"id": f"call_{uuid.uuid4().hex[:12]}", "type": "function",
+                                           "function": function}]}  # fmt: skip
+                choices.append({"index": i, "message": message, "finish_reason": "tool_calls", "logprobs": None})
+                continue
+            if last.get("role") == "tool":
+                text = tool_answer_text(str(last.get("content")), i)
+            else:
+                text = answer_text(question, i)
+                if (body.get("response_format") or {}).get("type") in ("json_schema", "json_object"):
+                    text = json_answer_text(question, i)
             if self.long_answers:
                 text = _LONG_PREAMBLE + text
             words = text.split()
@@ -324,6 +349,20 @@ def answer_text(question: str, index: int) -> str:
         a, b = int(m.group(1)), int(m.group(2))
         return f"Sample {index}: {a} + {b} = {a + b}. The answer is \\boxed{{{a + b}}}."
     return f"Sample {index}: you said {question[:60]!r}."
+
+
+def tool_answer_text(result: str, index: int) -> str:
+    """What the server answers for choice `index` of a conversation that ends with a tool's `result`."""
+    return f"Sample {index}: the tool says {result}."
+
+
+def json_answer_text(question: str, index: int) -> str:
+    """The JSON content answered to a request that asks for structured output."""
+    m = _QUESTION.search(question)
+    if m:
+        a, b = int(m.group(1)), int(m.group(2))
+        return json.dumps({"answer": a + b, "work": f"{a} + {b} = {a + b}", "sample": index})
+    return json.dumps({"echo": question[:60], "sample": index})
 
 
 def reasoning_text(question: str, index: int) -> str:

@@ -8,6 +8,7 @@ one-line errors the user must act on, per-request failures retried on the next r
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from seqdistill import stats
 from seqdistill.cli import app
 from seqdistill.records import Sample
 from tests.conftest import read_jsonl, write_jsonl
@@ -537,7 +539,9 @@ def test_eval_against_a_server_scores_with_the_checker(tmp_path, server):
     }
     summary = evaluate.run(load_stage("eval", None, flags))
     assert (summary["samples"], summary["correct"], summary["wrong"], summary["accuracy"]) == (8, 6, 2, 0.75)
-    assert summary["majority_accuracy"] == 0.75  # 3 of 4 prompts: their majority answer is right
+    assert summary["majority_accuracy"] is None  # greedy: both samples give the same answer, the vote adds nothing
+    assert summary["per_prompt"] == {"q0": [2, 2], "q1": [2, 2], "q2": [2, 2], "q3": [0, 2]}
+    assert summary["ci_method"] == "bootstrap-prompts"  # n = 2: resample the 4 prompts, not the 8 samples
     assert len(read_jsonl(out)) == 8
     assert all(r["body"]["temperature"] == 0 for r in server.chat_requests())  # eval is greedy by default
     server.clear_log()
@@ -579,3 +583,33 @@ def test_fake_server_is_quiet_when_a_client_resets_the_connection(capfd):
         client.close()
         time.sleep(0.3)  # the server's thread reads the reset while waiting for the next request
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_eval_reports_a_wilson_interval_with_one_sample_per_prompt(tmp_path, server):
+    rows = prompt_rows(0, 20)
+    for row in rows[13:]:
+        row["answer"] = "-1"  # the server answers the true sum: 7 of the 20 are wrong
+    prompts = write_jsonl(tmp_path / "heldout.jsonl", rows)
+    args = ["eval", "--base-url", server.base_url, "--model", MODEL, "--prompts", str(prompts), "--check", "math",
+            "--output", str(tmp_path / "eval.jsonl")]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert_exit(result, 0)
+    low, high = stats.wilson_interval(13, 20)
+    assert re.search(rf"accuracy_ci +│ \[{low:.4g}, {high:.4g}\]", result.stdout), result.stdout
+    assert re.search(r"ci_method +│ wilson", result.stdout)
+    assert re.search(r"majority_accuracy +│ None", result.stdout)  # one sample per prompt: the vote is the answer
+
+
+def test_eval_majority_is_kept_when_sampling_several(tmp_path, server):
+    from seqdistill.config import load_stage
+    from seqdistill.stages import evaluate
+
+    rows = prompt_rows(0, 4)
+    rows[3]["answer"] = "999"
+    prompts = write_jsonl(tmp_path / "heldout.jsonl", rows)
+    flags = {"backend": "openai", "base_url": server.base_url, "model": MODEL, "check": "math", "n": 3,
+             "prompts.source": str(prompts), "output": str(tmp_path / "e.jsonl")}  # fmt: skip
+    summary = evaluate.run(load_stage("eval", None, flags, ["sampling.temperature=0.7"]))
+    assert summary["majority_accuracy"] == 0.75
+    low, high = summary["accuracy_ci"]
+    assert low < summary["accuracy"] == 0.75 < high <= 1.0 and summary["ci_method"] == "bootstrap-prompts"

@@ -15,8 +15,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from seqdistill import stats
 from seqdistill.cli import app
-from seqdistill.stages import report
+from seqdistill.stages import pipeline, report
 from tests.conftest import make_sample, write_jsonl
 
 runner = CliRunner()
@@ -58,14 +59,24 @@ def make_run(root: Path, *, train: bool = True, evals: bool = True, name: str = 
         (run / "student").mkdir()
         (run / "student" / "training_report.json").write_text(json.dumps(summary["train"]))
     if evals:
-        acc = {"teacher": (0.75, 1.0), "student_before": (0.25, None), "student_after": (0.5, 0.5)}
-        summary["eval"] = {
-            k: {"model": k, "samples": 4, "correct": int(4 * a), "wrong": 4 - int(4 * a), "unverifiable": 0,
-                "accuracy": a, "majority_accuracy": m}
-            for k, (a, m) in acc.items()
-        }  # fmt: skip
+        summary["eval"] = {k: eval_result(k, right, m) for k, (right, m) in EVAL_RESULTS.items()}
+        summary["comparisons"] = pipeline.comparisons(summary["eval"])
     (run / "summary.json").write_text(json.dumps(summary))
     return run
+
+
+# per eval: which of the 4 held-out prompts it got right (one sample each), and its majority accuracy
+EVAL_RESULTS = {"teacher": ((1, 1, 1, 0), 1.0), "student_before": ((1, 0, 0, 0), None),
+                "student_after": ((1, 1, 0, 0), 0.5)}  # fmt: skip
+
+
+def eval_result(model: str, right: tuple[int, ...], majority: float | None) -> dict:
+    """What `eval` returns for one sample per prompt: counts, accuracy with its Wilson interval, per-prompt scores."""
+    acc = stats.accuracy({f"h{i}": (r, 1) for i, r in enumerate(right)})
+    return {"model": model, "samples": acc.total, "correct": acc.correct, "wrong": acc.total - acc.correct,
+            "unverifiable": 0, "accuracy": acc.value, "accuracy_ci": [acc.ci_low, acc.ci_high],
+            "ci_method": acc.method, "majority_accuracy": majority,
+            "per_prompt": {f"h{i}": [r, 1] for i, r in enumerate(right)}}  # fmt: skip
 
 
 def embedded_pngs(page: str) -> list[bytes]:
@@ -162,6 +173,73 @@ def test_an_interrupted_eval_is_named_and_the_others_shown(tmp_path):
     assert result["missing"] == {}
     page = (run / "report" / "report.html").read_text(encoding="utf-8")
     assert "student after: interrupted" in page and "75.0%" in page and "25.0%" in page
+
+
+def accuracy_part(run: Path) -> str:
+    page = (run / "report" / "report.html").read_text(encoding="utf-8")
+    return page.split('<section id="accuracy">')[1].split("</section>")[0]
+
+
+def test_accuracy_table_has_the_intervals_and_the_paired_differences(tmp_path):
+    run = make_run(tmp_path)
+    report.run(str(run))
+    section = accuracy_part(run)
+    low, high = stats.wilson_interval(3, 4)  # the teacher: 3 of 4 prompts
+    assert f"{low:.1%} – {high:.1%} (wilson)" in section and "<th>95% CI</th>" in section
+    assert "error bars" in section and "<th>majority accuracy</th>" in section  # the teacher's vote is measured
+    # the trained student (prompts 0, 1 right) against the student before (0) and the teacher (0, 1, 2)
+    after_before = stats.compare({"0": (1, 1), "1": (1, 1), "2": (0, 1), "3": (0, 1)},
+                                 {"0": (1, 1), "1": (0, 1), "2": (0, 1), "3": (0, 1)})  # fmt: skip
+    row = section.split("<td>student after − student before</td>")[1].split("</tr>")[0]
+    assert f"+25.0 pts [{100 * after_before.ci_low:+.1f}, {100 * after_before.ci_high:+.1f}] (newcombe-paired)" in row
+    assert "<td>1 (mcnemar-exact)</td>" in row  # one discordant prompt: no evidence at all
+    row = section.split("<td>student after − teacher</td>")[1].split("</tr>")[0]
+    assert "-25.0 pts [" in row and '<td class="num">0</td><td class="num">1</td>' in row  # a_better, b_better
+
+
+def test_no_majority_column_or_bar_when_it_equals_the_accuracy(tmp_path):
+    run = make_run(tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    for r in summary["eval"].values():
+        r["majority_accuracy"] = None  # what eval writes for greedy, n = 1
+    (run / "summary.json").write_text(json.dumps(summary))
+    report.run(str(run))
+    section = accuracy_part(run)
+    assert "majority" not in section
+    fig = report._figure(8, 4)
+    ax = fig.subplots()
+    report.draw_accuracy(ax, summary["eval"], list(summary["eval"]))
+    assert len(ax.patches) == 3  # one bar per model, no second series
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["accuracy", "95% CI"]
+
+
+def test_accuracy_figure_draws_each_interval_as_an_error_bar(tmp_path):
+    from matplotlib.container import ErrorbarContainer
+
+    evals = json.loads((make_run(tmp_path) / "summary.json").read_text())["eval"]
+    fig = report._figure(8, 4)
+    ax = fig.subplots()
+    report.draw_accuracy(ax, evals, list(evals))
+    (bars,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    segments = bars.lines[2][0].get_segments()
+    assert [(seg[0][1], seg[1][1]) for seg in segments] == [
+        pytest.approx(tuple(evals[k]["accuracy_ci"])) for k in evals
+    ]
+    labels = [t.get_text() for t in ax.texts]
+    assert labels[:3] == ["75%", "25%", "50%"]  # the values, written above the error bars
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["accuracy", "95% CI", "majority accuracy"]
+
+
+def test_a_summary_from_before_intervals_still_renders(tmp_path):
+    run = make_run(tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    for r in summary["eval"].values():
+        del r["accuracy_ci"], r["ci_method"], r["per_prompt"]
+    del summary["comparisons"]
+    (run / "summary.json").write_text(json.dumps(summary))
+    assert report.run(str(run))["missing"] == {}
+    section = accuracy_part(run)
+    assert "75.0%" in section and "paired difference" not in section and "<img" in section
 
 
 def test_summary_paths_resolve_inside_a_moved_run_dir(tmp_path, monkeypatch):

@@ -101,7 +101,7 @@ def test_kept_file_trains_with_plain_trl(tiny_model, tmp_path):
         use_cpu=True,
         bf16=False,
         save_strategy="no",
-        activation_checkpointing=False,
+        **train._checkpointing(SFTConfig, False),  # off, under this transformers' name for it (5.20 or 5.24)
     )
     trainer = SFTTrainer(
         model=AutoModelForCausalLM.from_pretrained(tiny_model),

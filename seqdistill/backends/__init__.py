@@ -7,6 +7,7 @@ import importlib
 from seqdistill.backends.base import Backend, Failure, Request, Result
 from seqdistill.config import GenerateConfig
 from seqdistill.errors import ConfigError
+from seqdistill.extras import require
 
 __all__ = ["Backend", "Failure", "Request", "Result", "BACKENDS", "create_backend", "resolve_backend"]
 
@@ -15,7 +16,8 @@ BACKENDS = {
     "transformers": "seqdistill.backends.transformers_local:TransformersBackend",
     "vllm": "seqdistill.backends.vllm_offline:VLLMBackend",
 }
-EXTRAS = {"vllm": "vllm"}
+EXTRAS = {"vllm": "vllm", "transformers": "train"}
+REQUIRES = {"transformers": ("torch", "transformers"), "vllm": ("vllm",)}  # checked before the backend is built
 
 
 def resolve_backend(name: str) -> str:
@@ -36,6 +38,8 @@ def create_backend(cfg: GenerateConfig) -> Backend:
     target = BACKENDS.get(cfg.backend)
     if target is None:
         raise ConfigError(f"unknown backend {cfg.backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if cfg.backend in REQUIRES:
+        require(f"backend {cfg.backend}", *REQUIRES[cfg.backend])
     module_name, cls_name = target.split(":")
     try:
         module = importlib.import_module(module_name)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from seqdistill.config import GenerateConfig
@@ -20,12 +21,17 @@ class Request:
     """Samples still missing for one prompt: `sample_indices[i]` is the i-th sample the backend returns."""
 
     prompt_id: str
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     sample_indices: list[int]
+    tools: list[dict[str, Any]] | None = None  # OpenAI-style function definitions the teacher may call
 
     @property
     def n(self) -> int:
         return len(self.sample_indices)
+
+    def only(self, sample_indices: list[int]) -> Request:
+        """The same request for some of its samples (a retry, a failure's record)."""
+        return replace(self, sample_indices=list(sample_indices))
 
 
 @dataclass
@@ -37,6 +43,7 @@ class Result:
     reasoning: str | None = None
     usage: dict[str, Any] = field(default_factory=dict)
     logprobs: Logprobs | None = None  # the teacher's token logprobs (and top-k), when asked for
+    tool_calls: list[dict[str, Any]] | None = None  # the tools the teacher calls (OpenAI's shape), unchecked
 
 
 @dataclass
@@ -88,3 +95,24 @@ def split_think(text: str) -> tuple[str | None, str]:
     if not m:
         return None, text
     return m.group(1).strip(), m.group(2).strip()
+
+
+def wire_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Messages as OpenAI's API (and vLLM's `LLM.chat`) take them: tool-call arguments as JSON strings.
+
+    The record holds arguments as objects (what chat templates render); the API's messages carry strings.
+    """
+    if not any(m.get("tool_calls") for m in messages):
+        return messages
+    out = []
+    for m in messages:
+        if m.get("tool_calls"):
+            calls = [
+                {**c, "function": {**c["function"], "arguments": json.dumps(c["function"]["arguments"])}}
+                if not isinstance(c["function"].get("arguments"), str)
+                else c
+                for c in m["tool_calls"]
+            ]
+            m = {**m, "tool_calls": calls}
+        out.append(m)
+    return out

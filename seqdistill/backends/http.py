@@ -11,14 +11,20 @@
 from __future__ import annotations
 
 import email.utils
+import errno
 import json
 import re
+import resource  # imported up front: with no file descriptors left, an import fails
 import time
 from collections.abc import Mapping
 from typing import Any
 
+from seqdistill.errors import BackendError
+
 # a refused or unresolvable connection (nobody there), as opposed to a dropped one (a server that is up)
 _UNREACHABLE = re.compile(r"Cannot connect|Connect call failed|connection attempts failed|refused|not known|servname")
+# this process ran out of file descriptors: aiohttp and httpx wrap it in a "cannot connect" error
+_NO_FDS = re.compile(r"Too many open files|\[Errno 24\]|EMFILE")
 
 
 class StatusError(Exception):
@@ -37,8 +43,39 @@ class TransportError(Exception):
         self.kind, self.detail, self.unreachable = kind, detail, unreachable
 
 
-def connection_error(detail: str) -> TransportError:
+def connection_error(detail: str, exc: BaseException | None = None) -> TransportError | BackendError:
+    """A failed connection as a retryable TransportError; running out of file descriptors stops the run.
+
+    EMFILE is this machine's limit, not the server's state: retrying cannot fix it and "cannot reach the
+    server" would send the user looking in the wrong place. It is found in the message or, where a
+    client library hides it ("All connection attempts failed"), in the exception's chain of causes.
+    """
+    if _NO_FDS.search(detail) or _out_of_fds(exc):
+        return BackendError(
+            f"too many open files (the process's limit, `ulimit -n`, is {_fd_limit()}) while connecting: "
+            "lower --concurrency, or raise the limit (e.g. `ulimit -n 65536`) and run the same command again"
+        )
     return TransportError("connection", detail, unreachable=_UNREACHABLE.search(detail) is not None)
+
+
+def _out_of_fds(exc: BaseException | None) -> bool:
+    """Whether an EMFILE/ENFILE OSError is anywhere in `exc`'s causes, contexts or exception groups."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.EMFILE, errno.ENFILE):
+            return True
+        todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
+    return False
+
+
+def _fd_limit() -> str:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
 
 
 class FastTransport:
@@ -66,9 +103,9 @@ class FastTransport:
         except TimeoutError:
             raise TransportError("timeout", f"no answer within {self.timeout:g}s") from None
         except aiohttp.ClientConnectorError as e:
-            raise connection_error(f"{type(e).__name__}: {e}") from None
+            raise connection_error(f"{type(e).__name__}: {e}", e) from None
         except aiohttp.ClientError as e:  # dropped connection, truncated body, ...
-            raise connection_error(f"{type(e).__name__}: {e}") from None
+            raise connection_error(f"{type(e).__name__}: {e}", e) from None
         if status >= 400:
             raise StatusError(status, _error_message(raw), retry_after(headers))
         try:
@@ -116,10 +153,10 @@ class SDKTransport:
             if type(cause).__name__ != "ConnectTimeout":
                 raise TransportError("timeout", f"no answer within {self.timeout:g}s") from None
             # the SDK's aiohttp transport reports refused and dropped connections alike as connect timeouts
-            raise connection_error(f"{type(cause).__name__}: {cause}") from None
+            raise connection_error(f"{type(cause).__name__}: {cause}", e) from None
         except openai.APIConnectionError as e:
             cause = e.__cause__ or e.__context__
-            raise connection_error(f"{type(cause).__name__}: {cause}" if cause else str(e)) from None
+            raise connection_error(f"{type(cause).__name__}: {cause}" if cause else str(e), e) from None
         except openai.APIError as e:  # e.g. a 200 whose body is not a chat completion
             raise TransportError("bad_response", f"{type(e).__name__}: {str(e)[:200]}") from None
         if not hasattr(resp, "model_dump"):

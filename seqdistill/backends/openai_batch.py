@@ -61,10 +61,20 @@ class RequestIndex:
     True
     """
 
-    def __init__(self, ids: dict[tuple[str, int], str], messages: dict[str, list[dict[str, Any]]]):
+    def __init__(
+        self,
+        ids: dict[tuple[str, int], str],
+        messages: dict[str, list[dict[str, Any]]],
+        tools: dict[str, list[dict[str, Any]] | None] | None = None,
+    ):
         self.ids = ids
         self.messages = messages
+        self.tools = tools or {}  # prompt id -> the functions its teacher may call (conversations with tools)
         self.by_sid = {sid: key for key, sid in ids.items()}
+
+    def make(self, prompt_id: str, indices: list[int]) -> Request:
+        """The request for these samples of a prompt (its messages and tools from the plan)."""
+        return Request(prompt_id, self.messages[prompt_id], list(indices), self.tools.get(prompt_id))
 
     def custom_id(self, req: Request) -> str:
         return f"{self.ids[(req.prompt_id, req.sample_indices[0])]}-{req.n}"
@@ -77,7 +87,7 @@ class RequestIndex:
                 out[-1].append(i)
             else:
                 out.append([i])
-        return [Request(req.prompt_id, req.messages, run) for run in out]
+        return [req.only(run) for run in out]
 
     def request(self, custom_id: Any) -> Request | None:
         """The request a custom_id names in this plan, or None (another run's, another setting's, garbage)."""
@@ -91,7 +101,7 @@ class RequestIndex:
         indices = list(range(first, first + int(count)))
         if any((pid, i) not in self.ids for i in indices):
             return None
-        return Request(pid, self.messages[pid], indices)
+        return self.make(pid, indices)
 
     def sample_ids(self, req: Request) -> list[str]:
         return [self.ids[(req.prompt_id, i)] for i in req.sample_indices]

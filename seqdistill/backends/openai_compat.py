@@ -19,6 +19,7 @@ left out for `server_cooldown` seconds.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import queue
 import random
@@ -28,7 +29,7 @@ from collections import Counter, deque
 from collections.abc import Iterator
 from typing import Any
 
-from seqdistill.backends.base import Backend, Failure, Request, Result, split_think
+from seqdistill.backends.base import Backend, Failure, Request, Result, split_think, wire_messages
 from seqdistill.backends.http import FastTransport, SDKTransport, StatusError, TransportError
 from seqdistill.backends.validate import RETRIED, AnswerRules, check_result, what
 from seqdistill.config import api_key
@@ -184,7 +185,7 @@ class OpenAIBackend(Backend):
                 return
             if again:  # a malformed answer: ask again for just those samples
                 kind, detail = again[0].kind, again[0].detail
-                req = Request(req.prompt_id, req.messages, [i for f in again for i in f.request.sample_indices])
+                req = req.only([i for f in again for i in f.request.sample_indices])
             others_up = any(s.up() for s in servers if s is not server)
             if (
                 unreachable  # nobody listening, not a dropped connection
@@ -210,7 +211,15 @@ class OpenAIBackend(Backend):
 
     def request_body(self, req: Request) -> dict[str, Any]:
         """The chat-completions body of `req` (live requests and batch input lines alike)."""
-        return {"model": self.cfg.model, "messages": req.messages, **self._params(req), **self.cfg.extra_body}
+        body = {
+            "model": self.cfg.model,
+            "messages": wire_messages(req.messages),
+            **self._params(req),
+            **self.cfg.extra_body,
+        }
+        if req.tools:
+            body["tools"] = req.tools
+        return body
 
     async def _send(self, server: _Server, req: Request) -> dict[str, Any]:
         try:
@@ -237,6 +246,8 @@ class OpenAIBackend(Backend):
             params["logprobs"] = True
             if self.cfg.logprobs:
                 params["top_logprobs"] = self.cfg.logprobs
+        if self.cfg.response_format:  # OpenAI structured outputs; vLLM's server reads the same field
+            params["response_format"] = self.cfg.response_format
         return params
 
     def _status_error(self, e: StatusError, server: _Server) -> Exception:
@@ -287,13 +298,13 @@ class OpenAIBackend(Backend):
             result = self._result(choice, index, req, usage)
             out.append(check_result(result, self._rules) if isinstance(result, Result) else result)
         if len(choices) < req.n:  # e.g. a server that ignores `n`: the missing ones are retried next run
-            missing = Request(req.prompt_id, req.messages, req.sample_indices[len(choices) :])
+            missing = req.only(req.sample_indices[len(choices) :])
             out.append(Failure(missing, "short_response", f"asked for {req.n} samples, got {len(choices)}"))
         return out
 
     def _result(self, choice: Any, sample_index: int, req: Request, usage: dict[str, Any]) -> Result | Failure:
         """One choice as a Result (its values still unchecked), or a Failure when its shape is not a choice."""
-        one = Request(req.prompt_id, req.messages, [sample_index])
+        one = req.only([sample_index])
         msg = choice.get("message") if isinstance(choice, dict) else None
         if not isinstance(msg, dict):
             shape = f"a choice is {what(choice)}" if not isinstance(choice, dict) else f"its message is {what(msg)}"
@@ -318,11 +329,12 @@ class OpenAIBackend(Backend):
         if logprobs and "completion_tokens" not in sample_usage:
             sample_usage["completion_tokens"] = len(logprobs.tokens)
         return Result(
-            req, sample_index, content, choice.get("finish_reason"), reasoning or None, sample_usage, logprobs
-        )
+            req, sample_index, content, choice.get("finish_reason"), reasoning or None, sample_usage, logprobs,
+            msg.get("tool_calls"),
+        )  # fmt: skip
 
     def _token_estimate(self, req: Request) -> float:
-        prompt_chars = sum(len(m.get("content") or "") for m in req.messages)
+        prompt_chars = sum(len(m.get("content") or "") for m in req.messages) + len(json.dumps(req.tools or []))
         return prompt_chars / 4 + self.cfg.sampling.max_tokens * req.n
 
 
@@ -475,11 +487,7 @@ def _merged(items: list[Result | Failure]) -> list[Result | Failure]:
     for f in (i for i in items if isinstance(i, Failure)):
         if f.kind in by_kind:
             first = by_kind[f.kind]
-            first.request = Request(
-                first.request.prompt_id,
-                first.request.messages,
-                first.request.sample_indices + f.request.sample_indices,
-            )
+            first.request = first.request.only(first.request.sample_indices + f.request.sample_indices)
         else:
             by_kind[f.kind] = f
     return out + list(by_kind.values())

@@ -10,13 +10,17 @@ use the vllm or openai backends for real throughput.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 
 from seqdistill.backends.base import Backend, Failure, Request, Result
+from seqdistill.backends.chat_template import check_tool_rendering, parse_answer, render_prompt
 from seqdistill.backends.validate import AnswerRules, check_result
 from seqdistill.models import load_model
 from seqdistill.records import Logprobs
+
+log = logging.getLogger(__name__)
 
 
 class TransformersBackend(Backend):
@@ -32,9 +36,15 @@ class TransformersBackend(Backend):
         self.model.to(self.device)
         if cfg.sampling.seed is not None:
             torch.manual_seed(cfg.sampling.seed)
+        if cfg.response_format:  # transformers has no constrained decoding (docs/structured-output.md)
+            log.warning(
+                "the transformers backend does not constrain decoding to response_format: samples may not match "
+                "the schema; filter them with --check json (or use the vllm / openai backends)"
+            )
 
     def generate(self, requests: list[Request], stop: threading.Event) -> Iterator[Result | Failure]:
         rules = AnswerRules.for_config(self.cfg)
+        self._parses_tools = check_tool_rendering(self.tokenizer, requests, self.cfg.model or "", self.name)
         rows = [(req, idx) for req in requests for idx in req.sample_indices]
         texts = {id(req): self._render(req) for req in requests}
         lengths = {
@@ -50,7 +60,7 @@ class TransformersBackend(Backend):
                 yield check_result(result, rules)  # e.g. an answer that is only an end-of-turn token: empty
 
     def _render(self, req: Request) -> str:
-        return self.tokenizer.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)
+        return render_prompt(self.tokenizer, req)
 
     def _generate_batch(self, batch: list[tuple[Request, int]], texts: list[str]) -> list[Result]:
         torch, tok, s = self._torch, self.tokenizer, self.cfg.sampling
@@ -80,7 +90,10 @@ class TransformersBackend(Backend):
             usage = {"prompt_tokens": int(enc["attention_mask"][row].sum()), "completion_tokens": len(kept)}
             content = ids[: end if end is not None else len(ids)]  # the end-of-turn token is not text
             logprobs = self._logprobs(out.logits, row, content) if self.cfg.logprobs is not None else None
-            results.append(Result(req, idx, text.strip(), finish, None, usage, logprobs))
+            answer, reasoning, calls = text.strip(), None, None
+            if req.tools and self._parses_tools:
+                answer, reasoning, calls = parse_answer(tok, answer, texts[row])
+            results.append(Result(req, idx, answer, finish, reasoning, usage, logprobs, calls))
         return results
 
     def _logprobs(self, logits, row: int, ids: list[int]) -> Logprobs | None:

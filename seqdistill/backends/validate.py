@@ -9,8 +9,11 @@ Failure classes (`Failure.kind`) and whether the openai backend asks again withi
 - `bad_response` (retried): the 200 is not a chat completion: not a JSON object, JSON nested too
   deep, `choices` missing, empty or not a list, a choice or its `message` not an object, `content`
   neither a string, null nor a list of text parts, a reasoning field that is not a string.
-- `empty_answer` (retried): no content (null, empty or blank) and no reasoning trace: nothing to
-  learn from, yet it would be counted a success and never asked again. Eval keeps it instead
+- `bad_response` also: `tool_calls` that are not a list of function calls (each with a function
+  name; arguments a string or an object), or an id or type of the wrong kind. Arguments that are
+  not valid JSON are kept as data (the filter's `malformed` rule drops them).
+- `empty_answer` (retried): no content (null, empty or blank), no tool calls and no reasoning trace:
+  nothing to learn from, yet it would be counted a success and never asked again. Eval keeps it instead
   (`keep_empty`): there an empty answer is the model's answer, scored as not correct.
 - `bad_encoding` (retried): a lone surrogate (`"\\ud800"`) in the text, reasoning or logprob tokens:
   JSON accepts it, UTF-8 cannot write it.
@@ -40,8 +43,11 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from seqdistill.backends.base import Failure, Request, Result
+from pydantic import ValidationError
+
+from seqdistill.backends.base import Failure, Request, Result  # noqa: F401 (Request: in the doctest)
 from seqdistill.config import GenerateConfig
+from seqdistill.records import ToolCall
 
 RETRIED = frozenset({"bad_response", "empty_answer", "bad_encoding", "bad_logprobs"})
 CHARS_PER_TOKEN = 256  # generous: the longest tokens of real vocabularies (runs of spaces or '=') are ~128 chars
@@ -74,35 +80,71 @@ def check_result(result: Result, rules: AnswerRules) -> Result | Failure:
     >>> check_result(Result(req, 0, "4", "stop", usage={"completion_tokens": "lots"}), AnswerRules()).usage
     {'completion_tokens': None}
     """
-    problem = _problem(result, rules)
+    calls, problem = _tool_calls(result.tool_calls)
+    problem = problem or _problem(result, rules, calls)
     if problem is not None:
         kind, detail = problem
-        return Failure(Request(result.request.prompt_id, result.request.messages, [result.sample_index]), kind, detail)
+        return Failure(result.request.only([result.sample_index]), kind, detail)
     return replace(
         result,
         reasoning=result.reasoning or None,
         finish_reason=_finish_reason(result.finish_reason),
         usage=_usage(result.usage),
         logprobs=result.logprobs or None,
+        tool_calls=[c.model_dump() for c in calls] or None,
     )
 
 
-def _problem(result: Result, rules: AnswerRules) -> tuple[str, str] | None:
+def _problem(result: Result, rules: AnswerRules, calls: list[ToolCall]) -> tuple[str, str] | None:
     text, reasoning = result.text, result.reasoning
     if not isinstance(text, str):
         return "bad_response", f"content is {what(text)}, not text"
     if reasoning is not None and not isinstance(reasoning, str):
         return "bad_response", f"reasoning is {what(reasoning)}, not text"
-    if not text.strip() and not (reasoning or "").strip() and not rules.keep_empty:
-        return "empty_answer", "no content and no reasoning"
-    if bad := _surrogate(text) or _surrogate(reasoning or ""):
+    if not text.strip() and not (reasoning or "").strip() and not calls and not rules.keep_empty:
+        return "empty_answer", "no content, no tool call and no reasoning"
+    called = "".join(c.as_text() + (c.id or "") for c in calls)
+    if bad := _surrogate(text) or _surrogate(reasoning or "") or _surrogate(called):
         return "bad_encoding", f"the text holds {bad}, a lone surrogate that UTF-8 cannot encode"
-    size = len(text) + len(reasoning or "")
+    size = len(text) + len(reasoning or "") + len(called)
     if rules.max_chars is not None and size > rules.max_chars:
         return "too_long", f"{size} characters, more than max_tokens allows ({rules.max_chars}): ignored max_tokens?"
     if result.logprobs is not None:
         return _logprobs_problem(result.logprobs)
     return None
+
+
+def _tool_calls(calls: Any) -> tuple[list[ToolCall], tuple[str, str] | None]:
+    """The answer's tool calls as the record's `ToolCall`s, or a `bad_response` problem.
+
+    OpenAI's shape is read (`{"id", "type": "function", "function": {"name", "arguments"}}`); other keys a
+    server adds are left out. A call that is not one (no function name, arguments neither text nor an
+    object) is a bad answer, asked again; arguments that do not parse as JSON are the teacher's, kept.
+    """
+    if calls is None:
+        return [], None
+    if not isinstance(calls, list):
+        return [], ("bad_response", f"tool_calls is {what(calls)}, not a list")
+    out = []
+    for i, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            return [], ("bad_response", f"tool call {i} is {what(call)} without a function object")
+        arguments = function.get("arguments")
+        shaped = {
+            "id": call.get("id"),
+            "type": call.get("type") or "function",
+            "function": {"name": function.get("name"), "arguments": {} if arguments is None else arguments},
+        }
+        try:
+            out.append(ToolCall.model_validate(shaped))
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            return [], ("bad_response", f"tool call {i}: {where}: {first['msg']}"[:200])
+        except RecursionError:
+            return [], ("bad_response", f"tool call {i}: arguments nested too deeply")
+    return out, None
 
 
 def _logprobs_problem(lp: Any) -> tuple[str, str] | None:

@@ -51,7 +51,11 @@ class _Index:
 
 
 class NearDuplicateCompletion(Rule):
-    """Drop a completion that is a near-duplicate of one already kept for the same prompt."""
+    """Drop a completion that is a near-duplicate of one already kept for the same prompt.
+
+    The text compared is the whole completion without reasoning (`Sample.completion_text`): every turn,
+    tool calls as JSON, tool results.
+    """
 
     name = "near_duplicate"
 
@@ -59,7 +63,7 @@ class NearDuplicateCompletion(Rule):
         self.index = _Index(threshold, num_perm, ngram)
 
     def __call__(self, sample: Sample) -> Drop | None:
-        m = self.index.signature(sample.text)
+        m = self.index.signature(sample.completion_text(include_reasoning=False))
         prefix = f"{sample.prompt_id}\0"
         twin = next((k for k in self.index.query(m) if k.startswith(prefix)), None)
         if twin is not None:
@@ -80,7 +84,7 @@ class NearDuplicatePrompt(Rule):
     def __call__(self, sample: Sample) -> Drop | None:
         pid = sample.prompt_id
         if pid not in self.verdict:
-            text = " ".join(m.content for m in sample.prompt if m.role != "system")
+            text = " ".join(m.plain_text(include_reasoning=False) for m in sample.prompt if m.role != "system")
             m = self.index.signature(text)
             twin = next(iter(sorted(self.index.query(m))), None)
             self.verdict[pid] = twin

@@ -25,13 +25,8 @@ def word_count(text: str) -> int:
 
 
 def completion_text(sample: Sample, include_reasoning: bool = True) -> str:
-    """The completion's content, preceded by its `reasoning_content` when there is one and it is wanted."""
-    if not sample.completion:
-        return ""
-    msg = sample.completion[0]
-    if include_reasoning and msg.reasoning_content:
-        return f"{msg.reasoning_content}\n{msg.content}"
-    return msg.content
+    """The whole completion's text (`Sample.completion_text`): every turn, reasoning first when wanted."""
+    return sample.completion_text(include_reasoning)
 
 
 class Length(Rule):
@@ -104,8 +99,11 @@ class Think(Rule):
     i.e. with no non-empty `reasoning_content` and no closed, non-empty `<think>…</think>` in content.
     A non-empty `reasoning_content` (R1-style servers) counts as the think part.
 
+    Several assistant turns (tool use): an unclosed block in any turn drops the sample; reasoning in
+    any one turn satisfies `required`.
+
     Limits: tags are matched literally (`<think>`, lower case); other reasoning markers (`<reasoning>`,
-    `<|begin_of_thought|>`) are not recognised. Only the first block is checked for being empty.
+    `<|begin_of_thought|>`) are not recognised. Only the first block of a turn is checked for being empty.
     """
 
     name = "think"
@@ -114,21 +112,20 @@ class Think(Rule):
         self.required = required
 
     def __call__(self, sample: Sample) -> Drop | None:
-        if not sample.completion:
+        turns = [m for m in sample.completion if m.role == "assistant"]
+        if not turns:
             return self.drop("no completion message") if self.required else None
-        msg = sample.completion[0]
-        state = think_state(msg.content)
-        if state == "unclosed":
-            return self.drop("unclosed <think> in content (no </think> after the last <think>)")
+        states = [think_state(m.content) for m in turns]
+        if "unclosed" in states:
+            where = "" if len(turns) == 1 else f" of assistant turn {states.index('unclosed')}"
+            return self.drop(f"unclosed <think> in content{where} (no </think> after the last <think>)")
         if not self.required:
             return None
-        if msg.reasoning_content and msg.reasoning_content.strip():
+        if any(m.reasoning_content and m.reasoning_content.strip() for m in turns) or "closed" in states:
             return None
-        if state == "none":
-            return self.drop("no <think> block (required)")
-        if state == "empty":
+        if "empty" in states:
             return self.drop("empty <think> block (required)")
-        return None
+        return self.drop("no <think> block (required)")
 
 
 def repeated_ngram_ratio(text: str, n: int = 4) -> float:

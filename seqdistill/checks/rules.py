@@ -14,7 +14,7 @@ from collections import Counter
 from typing import NamedTuple
 
 from seqdistill.checks.answers import Verdict, get_check, score
-from seqdistill.records import Sample
+from seqdistill.records import Message, Sample, ToolCall
 
 
 class Drop(NamedTuple):
@@ -52,16 +52,63 @@ class DuplicateId(Rule):
 
 
 class WellFormed(Rule):
-    """Drop samples without exactly one non-empty assistant message."""
+    """Drop a completion that is not a well-formed teacher turn, with the reason.
+
+    A completion is one assistant message, or several turns: assistant messages (with `tool_calls`)
+    and the `tool` results that answer them, ending with an assistant message. Dropped: no message, a
+    user or system turn inside it, a first message that is not the teacher's, a tool result that no
+    call asked for, tool-call arguments that are not a JSON object, an empty assistant turn, and no
+    final assistant answer (the completion ends with a tool result). A final turn that only calls a
+    tool is kept: the teacher ended its turn with that call (what `generate` records when it calls one).
+    """
 
     name = "malformed"
 
     def __call__(self, sample: Sample) -> Drop | None:
-        if len(sample.completion) != 1 or sample.completion[0].role != "assistant":
-            return self.drop("completion is not exactly one assistant message")
-        if not sample.completion[0].content.strip():
+        completion = sample.completion
+        if not completion:
+            return self.drop("no completion message")
+        problem = next((p for i, m in enumerate(completion) if (p := _turn_problem(completion, i, m))), None)
+        if problem:
+            return self.drop(problem)
+        final = completion[-1]
+        if final.role != "assistant":
+            return self.drop(f"no final assistant answer: the completion ends with a {final.role} message")
+        if not final.content.strip() and not final.tool_calls:
             return self.drop("empty completion")
         return None
+
+
+def _turn_problem(completion: list[Message], i: int, m: Message) -> str | None:
+    """What is wrong with message `i` of a completion, or None."""
+    if m.role in ("system", "user"):
+        return f"completion message {i} is a {m.role} turn: a completion holds assistant turns and tool results"
+    if i == 0 and m.role != "assistant":
+        return "the completion starts with a tool result, not the teacher's turn"
+    if m.role == "tool":
+        calls = _calls_before(completion, i)
+        if calls is None:
+            return f"completion message {i} is a tool result that no tool call asked for"
+        ids = {c.id for c in calls if c.id}
+        if m.tool_call_id and ids and m.tool_call_id not in ids:
+            return f"completion message {i} answers tool call id {m.tool_call_id!r}, which no call made"
+        return None
+    for call in m.tool_calls or []:
+        if not call.function.arguments_ok:
+            return f"completion message {i}: tool call {call.function.name!r} has arguments that are not a JSON object"
+    if i < len(completion) - 1 and not m.content.strip() and not m.tool_calls:
+        return f"completion message {i} is an empty assistant turn"
+    return None
+
+
+def _calls_before(messages: list[Message], i: int) -> list[ToolCall] | None:
+    """The tool calls a tool result at `i` may answer: those of the assistant message before its run of results."""
+    j = i - 1
+    while j >= 0 and messages[j].role == "tool":
+        j -= 1
+    if j < 0 or messages[j].role != "assistant" or not messages[j].tool_calls:
+        return None
+    return messages[j].tool_calls
 
 
 class Truncated(Rule):
@@ -106,7 +153,11 @@ def normalize_completion(text: str) -> str:
 
 
 class ExactDuplicate(Rule):
-    """Drop a sample whose (prompt, normalized completion) was already kept."""
+    """Drop a sample whose (prompt, normalized completion) was already kept.
+
+    The completion is all of it (every turn, tool calls and results: `Sample.completion_text`), without
+    reasoning traces: two samples that answer alike after different reasoning count as one.
+    """
 
     name = "duplicate"
 
@@ -115,7 +166,8 @@ class ExactDuplicate(Rule):
 
     def __call__(self, sample: Sample) -> Drop | None:
         prompt = json.dumps([m.model_dump() for m in sample.prompt], sort_keys=True)
-        key = hashlib.sha256(f"{prompt}\0{normalize_completion(sample.text)}".encode()).digest()
+        text = normalize_completion(sample.completion_text(include_reasoning=False))
+        key = hashlib.sha256(f"{prompt}\0{text}".encode()).digest()
         if key in self.seen:
             return self.drop("exact duplicate of an earlier sample for the same prompt")
         self.seen.add(key)

@@ -24,7 +24,6 @@ A batch cancelled by hand at the provider is collected like one cancelled with `
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -32,10 +31,7 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -52,8 +48,8 @@ from seqdistill.backends.openai_batch import (
 )
 from seqdistill.backends.validate import RETRIED
 from seqdistill.config import GenerateConfig
-from seqdistill.errors import BackendError, ConfigError, DataError
-from seqdistill.io import SampleWriter, describe_validation_error, write_atomic, write_json
+from seqdistill.errors import BackendError, ConfigError, DataError, Stopped
+from seqdistill.io import SampleWriter, describe_validation_error, exclusive_lock, write_atomic, write_json
 from seqdistill.progress import progress_bar
 from seqdistill.prompts import PromptItem
 from seqdistill.stages import generate
@@ -64,33 +60,6 @@ KILL_ENV = "SEQDISTILL_TEST_KILL_AT"  # tests: SIGKILL this process right after 
 
 
 # --- one writer per output ----------------------------------------------------------------------------------
-
-try:  # h2b-robust's lock (io.exclusive_lock), re-entrant: generate.run may hold it already
-    from seqdistill.io import exclusive_lock
-except ImportError:  # a stand-in until it lands: the same lock file, a one-line error naming the holder
-
-    @contextmanager
-    def exclusive_lock(path: str | Path, hint: str = "choose another --output") -> Iterator[None]:
-        real = Path(os.path.realpath(path))
-        lock = real.with_name(f".{real.name}.lock")
-        lock.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
-                who = f"another seqdistill (pid {holder or '?'})"
-                raise DataError(f"{who} is writing {path}: wait for it or {hint}") from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
-            try:
-                yield
-            finally:
-                lock.unlink(missing_ok=True)  # while still locked
-        finally:
-            os.close(fd)
-
 
 # --- the state file -----------------------------------------------------------------------------------------
 
@@ -169,6 +138,7 @@ def run(cfg: GenerateConfig, prompts: list[PromptItem], ids: dict[tuple[str, int
         return _Run(cfg, prompts, ids, done).run()
 
 
+@generate.one_writer
 def ingest(cfg: GenerateConfig, paths: list[str]) -> dict:
     """`--from-batch-output`: read batch output files made elsewhere (OpenAI's, `vllm run-batch`'s) into the output.
 
@@ -199,6 +169,7 @@ def ingest(cfg: GenerateConfig, paths: list[str]) -> dict:
         return summary
 
 
+@generate.one_writer
 def cancel(cfg: GenerateConfig) -> dict:
     """`--cancel`: cancel this output's open batches, then (batch_wait) collect what they answered before."""
     with exclusive_lock(cfg.output):
@@ -213,15 +184,17 @@ def cancel(cfg: GenerateConfig) -> dict:
 # --- batch files --------------------------------------------------------------------------------------------
 
 
-def _pending(
-    ids: dict[tuple[str, int], str], missing: set[str], skip: set[str], messages: dict[str, Any]
-) -> list[Request]:
+def _pending(ids: dict[tuple[str, int], str], missing: set[str], skip: set[str], index: RequestIndex) -> list[Request]:
     """The requests for the samples in `missing` and not in `skip`, one per prompt, in plan order."""
     by_prompt: dict[str, list[int]] = {}
     for (pid, i), sid in ids.items():
         if sid in missing and sid not in skip:
             by_prompt.setdefault(pid, []).append(i)
-    return [Request(pid, messages[pid], sorted(idx)) for pid, idx in by_prompt.items()]
+    return [index.make(pid, sorted(idx)) for pid, idx in by_prompt.items()]
+
+
+def _index(ids: dict[tuple[str, int], str], prompts: list[PromptItem]) -> RequestIndex:
+    return RequestIndex(ids, {p.id: p.teacher_messages for p in prompts}, {p.id: p.tools for p in prompts})
 
 
 def _split(cfg: GenerateConfig, lines: list[str]) -> list[list[str]]:
@@ -250,8 +223,7 @@ def _write_files(cfg, prompts, ids, done) -> dict:
     """batch-file: every missing request (less those in this output's open batches) as input files; nothing sent."""
     directory = batch_dir(cfg.output)
     answers = BatchAnswers(cfg)
-    messages = {p.id: p.teacher_messages for p in prompts}
-    index = RequestIndex(ids, messages)
+    index = _index(ids, prompts)
     state = load_state(cfg)
     covered = set()
     for entry in state.open() if state else []:
@@ -262,7 +234,7 @@ def _write_files(cfg, prompts, ids, done) -> dict:
             )
         reqs = _input_requests(directory / entry.name, index)
         covered |= {sid for req in reqs for sid in index.sample_ids(req)}
-    requests = _pending(ids, set(ids.values()) - done, covered, messages)
+    requests = _pending(ids, set(ids.values()) - done, covered, index)
     files = _split(cfg, _lines(answers, index, requests))
     for old in directory.glob("requests-*.jsonl"):  # an earlier write: replaced whole
         old.unlink()
@@ -317,7 +289,7 @@ class _Sink:
         self.by_id = {p.id: p for p in prompts}
         self.present = set(done) & set(ids.values())
         self.answers = BatchAnswers(cfg)
-        self.index = RequestIndex(ids, {p.id: p.teacher_messages for p in prompts})
+        self.index = _index(ids, prompts)
         self.failures = generate.FailureLog(Path(cfg.output), ids, done)
         self.tally = generate._Tally(cfg)
         self.given_up: Counter[str] = Counter()  # failure classes not resubmitted within this run
@@ -373,9 +345,7 @@ class _Sink:
         if not missing:
             return  # answered by another line (a duplicate, or an earlier batch)
         if len(missing) < len(sids):
-            failure = Failure(
-                Request(failure.request.prompt_id, failure.request.messages, missing), failure.kind, failure.detail
-            )
+            failure = Failure(failure.request.only(missing), failure.kind, failure.detail)
         self.tally.failed(failure)
         self.failures.add(failure)
         for i in missing:
@@ -449,10 +419,12 @@ class _Run:
                     if stop.is_set() and getattr(stop, "signum", None):  # SIGTERM, SIGHUP: the CLI's exit code
                         summary["stopped_by"] = signal.Signals(stop.signum).name
                 summary["batches_open"] = len(self.state.open())
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
+            signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
             raise generate.Interrupted(
                 f"aborted: the state of the batches is saved in {self.dir / 'state.json'}; they go on at the "
-                "provider: run the same command to collect them (or --cancel)"
+                "provider: run the same command to collect them (or --cancel)",
+                128 + signum,
             ) from None
         finally:
             if self._client is not None:
@@ -517,7 +489,7 @@ class _Run:
         }
         if self.budget:
             return False
-        requests = self._within_budget(_pending(self.ids, missing, skip, self.sink.index.messages))
+        requests = self._within_budget(_pending(self.ids, missing, skip, self.sink.index))
         if not requests:
             return False
         lines = _lines(self.sink.answers, self.sink.index, requests)
@@ -543,7 +515,8 @@ class _Run:
         for req in requests:
             runs = len(self.sink.index.runs(req))
             worst_out = cfg.sampling.max_tokens * req.n
-            prompt = sum(len(str(m.get("content") or "")) for m in req.messages) / 4 * runs
+            chars = sum(len(str(m.get("content") or "")) for m in req.messages) + len(json.dumps(req.tools or []))
+            prompt = chars / 4 * runs
             worst_cost = generate._cost(cfg, prompt, worst_out)
             over = None
             if cfg.max_requests is not None and submitted + runs > cfg.max_requests:

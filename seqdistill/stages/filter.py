@@ -24,6 +24,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from seqdistill.adapters import read_input
 from seqdistill.checks.answers import NONE, majority, options_from_config, vote_key
 from seqdistill.checks.decontam import Decontaminate, load_eval_texts
 from seqdistill.checks.near_dup import NearDuplicateCompletion, NearDuplicatePrompt
@@ -32,7 +33,8 @@ from seqdistill.checks.quality import Length, Refusal, Repetition, Think
 from seqdistill.checks.rules import AnswerCheck, Drop, DuplicateId, ExactDuplicate, Rule, Truncated, WellFormed
 from seqdistill.config import FilterConfig
 from seqdistill.errors import ConfigError
-from seqdistill.io import AtomicWriter, read_samples, write_json
+from seqdistill.extras import require
+from seqdistill.io import AtomicWriter, check_output, write_json
 from seqdistill.progress import progress_bar
 from seqdistill.records import Sample
 
@@ -75,11 +77,16 @@ def _token_counter(model: str | None):
     """Token count with the student's tokenizer, or None (the Length rule then counts words)."""
     if model is None:
         return None
+    require(f"filter's token counts (tokenizer: {model}; unset it to count words)", "transformers")
     from transformers import AutoTokenizer
 
     from seqdistill.models import resolve_model
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
+    except (OSError, ValueError) as e:  # a missing dir, a hub id that is not cached offline, a bad config
+        first = (str(e).splitlines() or [""])[0][:160]
+        raise ConfigError(f"tokenizer {model!r}: cannot load it ({first}); set tokenizer to a model dir") from None
     return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -98,7 +105,8 @@ class _Funnel:
     def reject(self, sample: Sample, drop: Drop, writer: AtomicWriter) -> None:
         self.dropped[drop.rule] += 1
         if len(self.examples[drop.rule]) < EXAMPLES_PER_RULE:
-            self.examples[drop.rule].append({"id": sample.id, "reason": drop.reason, "completion": sample.text[:200]})
+            shown = sample.text or sample.completion_text(include_reasoning=False)  # a conversation may lack an answer
+            self.examples[drop.rule].append({"id": sample.id, "reason": drop.reason, "completion": shown[:200]})
         sample.meta["rejected"] = {"rule": drop.rule, "reason": drop.reason}
         writer.write(sample.to_json())
 
@@ -111,6 +119,7 @@ def run(cfg: FilterConfig) -> dict[str, Any]:
     for written in (output, rejected_path, report_path):  # none of the outputs may overwrite the input
         if written.resolve() == Path(cfg.input).resolve():
             raise ConfigError(f"--output {output} would overwrite the input file {cfg.input}: choose another name")
+        check_output(written, "--output" if written == output else "output")  # never replace a device/FIFO/dir
     rules = build_rules(cfg)
     funnel = _Funnel()
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -157,7 +166,7 @@ def _first_pass(cfg, rules, funnel, rejected, survivors):
         progress_bar(None, "filter") as bar,
     ):
         votes = _votes(cfg, pool) if cfg.vote and answer is not None else {}
-        for block in _blocks(read_samples(cfg.input), BLOCK):
+        for block in _blocks(read_input(cfg.input, cfg.input_format), BLOCK):
             total += len(block)
             drops: list[Drop | None] = [_first_drop(before, s) for s in block]
             if answer is not None:
@@ -201,7 +210,7 @@ def _votes(cfg: FilterConfig, pool: CheckPool) -> dict[str, tuple[str | None, fl
     prompt_ids: deque[str] = deque()  # the prompt of each completion handed to the pool, in order
 
     def unlabelled() -> Iterator[str]:
-        for sample in read_samples(cfg.input):
+        for sample in read_input(cfg.input, cfg.input_format):
             if sample.reference or not sample.completion or sample.finish_reason == "length":
                 continue
             prompt_ids.append(sample.prompt_id)

@@ -1,8 +1,9 @@
 """generate: sample the teacher on every prompt, appending each sample the moment it arrives.
 
 Resume is by request key: a sample whose id is already in the output is never requested again, so
-re-running the same command sends only what is missing. Ctrl-C once: no new requests, wait up to
-`shutdown_timeout` for those in flight and keep their answers; Ctrl-C twice: abort at once.
+re-running the same command sends only what is missing. Ctrl-C once (or SIGTERM, SIGHUP): no new
+requests, wait up to `shutdown_timeout` for those in flight and keep their answers; a second signal:
+abort at once. One process writes an output at a time (an OS lock, see `one_writer`).
 
 A sample's key includes its prompt id (see `records.sample_id`); what failed and is still missing is
 listed in `<output stem>.failures.jsonl` (see `FailureLog`).
@@ -10,6 +11,7 @@ listed in `<output stem>.failures.jsonl` (see `FailureLog`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -25,18 +27,31 @@ from typing import Any
 from seqdistill import __version__
 from seqdistill.backends import Failure, Request, Result, create_backend, resolve_backend
 from seqdistill.config import GenerateConfig
-from seqdistill.errors import BackendError, ConfigError
-from seqdistill.io import SampleWriter, read_samples, repair_tail, write_atomic, write_json
+from seqdistill.errors import BackendError, ConfigError, SeqdistillError, Stopped
+from seqdistill.io import (
+    SampleWriter,
+    check_output,
+    exclusive_lock,
+    read_samples,
+    repair_tail,
+    write_atomic,
+    write_json,
+)
 from seqdistill.models import model_identity
 from seqdistill.progress import progress_bar
 from seqdistill.prompts import PromptItem, load_prompts
 from seqdistill.records import Message, Sample, sample_id
+from seqdistill.signals import STOP_SIGNALS, die_if_forked
 
 log = logging.getLogger(__name__)
 
 
 class Interrupted(Exception):
-    """Raised when the user aborted with a second Ctrl-C; what was written is kept."""
+    """Raised when the user aborted with a second Ctrl-C (or signal); what was written is kept."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code  # 128 + the signal's number, as a shell reports a death by that signal
 
 
 def sampling_key(cfg: GenerateConfig) -> dict[str, Any]:
@@ -44,6 +59,8 @@ def sampling_key(cfg: GenerateConfig) -> dict[str, Any]:
     key = cfg.sampling.model_dump()
     if cfg.extra_body:
         key["extra_body"] = cfg.extra_body
+    if cfg.response_format:  # a constrained sample is another sample
+        key["response_format"] = cfg.response_format
     return key
 
 
@@ -55,7 +72,11 @@ def plan(cfg: GenerateConfig, use_student_prompt: bool = False) -> tuple[list[Pr
             p.teacher_messages = p.messages
     sampling = sampling_key(cfg)
     model = model_identity(cfg.model)
-    ids = {(p.id, i): sample_id(p.id, model, p.teacher_messages, sampling, i) for p in prompts for i in range(cfg.n)}
+    ids = {
+        (p.id, i): sample_id(p.id, model, p.teacher_messages, sampling, i, p.tools)
+        for p in prompts
+        for i in range(cfg.n)
+    }
     return prompts, ids
 
 
@@ -66,7 +87,7 @@ def warn_shared_texts(prompts: list[PromptItem]) -> int:
     """
     by_text: dict[str, list[str]] = {}
     for p in prompts:
-        by_text.setdefault(json.dumps(p.teacher_messages, sort_keys=True), []).append(p.id)
+        by_text.setdefault(json.dumps([p.teacher_messages, p.tools], sort_keys=True), []).append(p.id)
     groups = [pids for pids in by_text.values() if len(pids) > 1]
     shared = sum(len(pids) for pids in groups)
     if shared:
@@ -99,7 +120,7 @@ def read_output(path: Path) -> tuple[set[str], set[tuple[str, str]]]:
     ids, settings = set(), set()
     for s in read_samples(path):
         ids.add(s.id)
-        settings.add((s.teacher.model, json.dumps(s.sampling, sort_keys=True)))
+        settings.add((s.teacher.model if s.teacher else "(no teacher)", json.dumps(s.sampling, sort_keys=True)))
     return ids, settings
 
 
@@ -131,10 +152,30 @@ def pending_requests(cfg: GenerateConfig, use_student_prompt: bool = False):
         if sid not in done:
             missing.setdefault(pid, []).append(idx)
     by_id = {p.id: p for p in prompts}
-    requests = [Request(pid, by_id[pid].teacher_messages, idxs) for pid, idxs in missing.items()]
+    requests = [Request(pid, by_id[pid].teacher_messages, idxs, by_id[pid].tools) for pid, idxs in missing.items()]
     return prompts, ids, done, requests
 
 
+def one_writer(fn):
+    """Decorate a stage's `run(cfg, ...)`: refuse outputs that are not regular files, then hold the output's lock.
+
+    The lock is taken before the output is read (so two runs cannot both see a sample as missing and both
+    pay for it) and held until the manifest is written; a second process exits at once naming the first.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(cfg, *args, **kwargs):
+        output = Path(cfg.output)
+        check_output(output)
+        for kind in ("failures.jsonl", "manifest.json"):
+            check_output(side_path(output, kind), f"the {kind.split('.')[0]} file")
+        with exclusive_lock(output):
+            return fn(cfg, *args, **kwargs)
+
+    return wrapper
+
+
+@one_writer
 def run(cfg: GenerateConfig, use_student_prompt: bool = False) -> dict[str, Any]:
     """Generate every missing sample of `cfg` into `cfg.output` (within the budgets); return counts."""
     if cfg.backend == "auto":
@@ -162,6 +203,7 @@ def run(cfg: GenerateConfig, use_student_prompt: bool = False) -> dict[str, Any]
     return summary
 
 
+@one_writer
 def dry_run(cfg: GenerateConfig) -> dict[str, Any]:
     """Send a pilot of a few prompts (kept in the output), then project requests, tokens, cost and time."""
     if cfg.mode == "batch-file":
@@ -230,6 +272,7 @@ def _execute(
     backend = create_backend(cfg)
     tally = _Tally(cfg)
     budget = None
+    finished = False
     try:
         with SampleWriter(output) as writer, _ctrl_c(cfg.shutdown_timeout) as stop:
             with progress_bar(sum(r.n for r in requests), f"generate ({cfg.backend})") as bar:
@@ -248,9 +291,14 @@ def _execute(
                         log.warning("budget %s reached: no new requests; finishing those in flight", budget)
                         stop.set()
             summary["interrupted"] = stop.is_set() and budget is None
-    except KeyboardInterrupt:
+            if summary["interrupted"]:
+                summary["stopped_by"] = _signal_name(stop.signum)
+        finished = True
+    except KeyboardInterrupt as e:
+        signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
+        summary.update(interrupted=True, stopped_by=_signal_name(signum))
         raise Interrupted(
-            f"aborted: {tally.samples} new samples kept in {output}; run the same command to resume"
+            f"aborted: {tally.samples} new samples kept in {output}; run the same command to resume", 128 + signum
         ) from None
     finally:
         backend.close()
@@ -258,7 +306,12 @@ def _execute(
         summary.update(tally.summary(time.monotonic() - start))
         if budget:
             summary["budget_reached"] = budget
-        _write_manifest(cfg, summary, backend.stats())
+        try:
+            _write_manifest(cfg, summary, backend.stats())
+        except SeqdistillError:
+            if finished:
+                raise
+            log.debug("no manifest: writing it failed too", exc_info=True)  # the first error is the one to report
     if summary["failed"] and not summary["interrupted"]:  # interrupted runs report "stopped" and exit 130 instead
         kinds = ", ".join(f"{k}: {v}" for k, v in sorted(tally.failures.items()))
         raise BackendError(
@@ -439,7 +492,12 @@ def _to_sample(cfg: GenerateConfig, prompt: PromptItem, result: Result, ids: dic
         prompt_id=prompt.id,
         sample_index=result.sample_index,
         prompt=[Message(**m) for m in prompt.messages],
-        completion=[Message(role="assistant", content=result.text, reasoning_content=result.reasoning)],
+        completion=[
+            Message(
+                role="assistant", content=result.text, reasoning_content=result.reasoning, tool_calls=result.tool_calls
+            )
+        ],
+        tools=prompt.tools,
         reference=prompt.reference,
         finish_reason=result.finish_reason,
         usage=result.usage,
@@ -449,32 +507,60 @@ def _to_sample(cfg: GenerateConfig, prompt: PromptItem, result: Result, ids: dic
     )
 
 
+_SIGNALS = (signal.SIGINT, *STOP_SIGNALS)  # Ctrl-C, and what a scheduler or a closed terminal sends
+
+
+def _signal_name(signum: int | None) -> str:
+    return signal.Signals(signum or signal.SIGINT).name
+
+
+class _Stop(threading.Event):
+    """Set to stop sending; `signum` is the signal that asked (None: a budget did)."""
+
+    signum: int | None = None
+
+
 @contextmanager
 def _ctrl_c(grace_seconds: float):
-    """First SIGINT sets the yielded event (stop sending); a second one, or the grace period ending, aborts."""
-    stop = threading.Event()
+    """The first SIGINT, SIGTERM or SIGHUP sets the yielded event (stop sending, keep what is in flight); a
+    second one, or the grace period ending, aborts (raises `Stopped`). A signal the process was started
+    ignoring (`nohup`) stays ignored. A forked child dies of the signal as it would have by default.
+    """
+    stop = _Stop()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
     timer: list[threading.Timer] = []
+    owner = os.getpid()
 
     def handler(signum, frame):
+        if die_if_forked(owner, signum):
+            return
         if stop.is_set():
-            raise KeyboardInterrupt
+            raise Stopped(stop.signum or signum)
+        stop.signum = signum
         stop.set()
+        name = "Ctrl-C" if signum == signal.SIGINT else _signal_name(signum)
         log.warning(
-            "Ctrl-C: sending no new requests; waiting up to %gs for those in flight (Ctrl-C again to abort)",
+            "%s: sending no new requests; waiting up to %gs for those in flight (%s again to abort)",
+            name,
             grace_seconds,
+            name,
         )
-        t = threading.Timer(grace_seconds, lambda: os.kill(os.getpid(), signal.SIGINT))
+        t = threading.Timer(grace_seconds, lambda: os.kill(owner, signum))
         t.daemon = True
         t.start()
         timer.append(t)
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {s: signal.getsignal(s) for s in _SIGNALS}
+    for s, h in previous.items():
+        if h is not signal.SIG_IGN:
+            signal.signal(s, handler)
     try:
         yield stop
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, h in previous.items():
+            if h is not signal.SIG_IGN:
+                signal.signal(s, h if h is not None else signal.SIG_DFL)
         for t in timer:
             t.cancel()

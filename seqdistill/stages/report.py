@@ -5,12 +5,13 @@ reports, the generate manifest) and writes:
 - RUN_DIR/report/report.html: run facts, filter funnel, completion lengths, training loss, accuracy;
   figures inlined as base64 PNGs, inline CSS, no scripts, no external URLs (it opens offline, mails whole);
 - RUN_DIR/report/{funnel,lengths,loss,accuracy}.png: the same figures;
+- RUN_DIR/report/explore.html: the explorer of samples, rejects and model answers (seqdistill.viewer);
 - README.md beside the kept samples: a Hugging Face dataset card (DATASET_CARD.md if a README.md that
   seqdistill did not write is already there).
 A part the run did not produce (no eval section, no training, an interrupted eval) becomes a
 "not available" note saying why; it never stops the report. A missing run dir or summary.json does.
 
-Not covered: comparing runs, the rejected samples beyond the funnel's examples, interactive charts.
+Not covered here: comparing runs; browsing samples and rejects is the explorer's (seqdistill.viewer).
 Kept completions are streamed, but their lengths are held in memory (one int each).
 """
 
@@ -31,12 +32,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from seqdistill import __version__
+from seqdistill import __version__, viewer
 from seqdistill.errors import ConfigError, DataError, SeqdistillError
+from seqdistill.extras import installed
 from seqdistill.io import read_samples, write_atomic, write_bytes
 from seqdistill.models import resolve_model
 from seqdistill.records import Sample
+from seqdistill.stats import format_interval, format_p
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +98,11 @@ class Section:
     missing: str | None = None
 
 
-def run(run_dir: str) -> dict[str, Any]:
-    """Write the report page, its figures and the dataset card; return their paths and the missing sections."""
+def run(run_dir: str, max_samples: int = viewer.DEFAULT_MAX_SAMPLES) -> dict[str, Any]:
+    """Write the report page, its figures, the explorer page and the dataset card; return their paths.
+
+    `max_samples`: at most this many records per category in the explorer (see seqdistill.viewer).
+    """
     facts = gather(Path(run_dir))
     kept = kept_stats(facts)
     sections = [funnel_section(facts.filter), lengths_section(kept), loss_section(facts), accuracy_section(facts)]
@@ -108,12 +115,14 @@ def run(run_dir: str) -> dict[str, Any]:
             figures[s.key] = str(png)
         else:
             png.unlink(missing_ok=True)  # no stale figure from an earlier report
+    explore = viewer.write(facts, kept, out, max_samples)
     page = out / "report.html"
-    write_atomic(page, [render_html(facts, kept, sections)])
+    write_atomic(page, [render_html(facts, kept, sections, explore.name)])
     card = write_card(facts, kept)
     log.info("report -> %s (%d figures)", page, len(figures))
     missing = {s.key: s.missing for s in sections if s.missing}
-    return {"html": str(page), "figures": figures, "card": str(card) if card else None, "missing": missing}
+    return {"html": str(page), "explore": str(explore), "figures": figures, "card": str(card) if card else None,
+            "missing": missing}  # fmt: skip
 
 
 # ---- reading the run dir -------------------------------------------------------------------------------------
@@ -126,16 +135,18 @@ def gather(run_dir: Path) -> RunFacts:
     f, t, g = (summary.get(k) or {} for k in ("filter", "train", "generate"))
     facts.kept = _locate(facts, f.get("output"), "kept.jsonl")
     facts.kept_name = Path(f.get("output") or "kept.jsonl").name
-    facts.filter = f if f.get("funnel") else _read_json(_locate(facts, f.get("report"), "kept.report.json"))
+    facts.filter = (
+        f if f.get("funnel") else _read_json(_locate(facts, f.get("report"), "kept.report.json"), FilterPart)
+    )
     facts.student = _locate(facts, t.get("output"), "student")
     if t:
         facts.train = t
     elif facts.student:
-        facts.train = _read_json(facts.student / "training_report.json")
+        facts.train = _read_json(facts.student / "training_report.json", TrainPart)
     facts.evals = summary.get("eval") or {}
     samples = _locate(facts, g.get("output"), "samples.jsonl")
     if samples:
-        facts.manifest = _read_json(samples.with_name(f"{samples.stem}.manifest.json"))
+        facts.manifest = _read_json(samples.with_name(f"{samples.stem}.manifest.json"), ManifestPart)
     return facts
 
 
@@ -153,6 +164,8 @@ def _load_summary(run_dir: Path) -> dict[str, Any]:
         raise DataError(f"{path}: unreadable ({e}); rerun `seqdistill run --config <recipe>` to rewrite it") from None
     if not isinstance(summary, dict):
         raise DataError(f"{path}: expected a JSON object; rerun `seqdistill run --config <recipe>` to rewrite it")
+    if problem := _type_problem(SummaryFile, summary):
+        raise DataError(f"{path}: {problem}; rerun `seqdistill run --config <recipe>` to rewrite it")
     return summary
 
 
@@ -173,8 +186,8 @@ def _locate(facts: RunFacts, given: str | None, default: str) -> Path | None:
     return next((p for p in candidates if p.exists()), None)
 
 
-def _read_json(path: Path | None) -> dict[str, Any] | None:
-    """A JSON object from `path`, or None (logged) when it is absent or unreadable: reports are optional."""
+def _read_json(path: Path | None, schema: type[BaseModel]) -> dict[str, Any] | None:
+    """A JSON object from `path`, or None (logged) when absent, unreadable or wrong-typed: reports are optional."""
     if path is None or not path.is_file():
         return None
     try:
@@ -182,7 +195,108 @@ def _read_json(path: Path | None) -> dict[str, Any] | None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         log.warning("%s: cannot read it (%s); leaving it out of the report", path, e)
         return None
-    return obj if isinstance(obj, dict) else None
+    if not isinstance(obj, dict):
+        return None
+    if problem := _type_problem(schema, obj):
+        log.warning("%s: %s; leaving it out of the report", path, problem)
+        return None
+    return obj
+
+
+# ---- the shapes the report reads: checked up front, so a hand-edited or foreign file is one line, not a crash ---
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class FunnelRow(_Part):
+    rule: str
+    in_: int = Field(alias="in")
+    dropped: int
+    kept: int
+    examples: list[dict[str, str]] | None = None
+
+
+class FilterPart(_Part):
+    output: str | None = None
+    report: str | None = None
+    funnel: list[FunnelRow] | None = None
+    total: int | None = None
+    kept: int | None = None
+    answer_check: dict[str, Any] | None = None
+
+
+class GeneratePart(_Part):
+    output: str | None = None
+    prompts: int | None = None
+    requested: int | None = None
+    generated: int | None = None
+    truncated: int | None = None
+    failed: int | None = None
+    interrupted: bool | None = None
+
+
+class LossPoint(_Part):
+    step: float
+    loss: float | None = None
+
+
+class KdPart(_Part):
+    alpha: float | None = None
+    temperature: float | None = None
+    k: int | None = None
+    coverage: float | None = None
+
+
+class TrainPart(_Part):
+    model: str | None = None
+    output: str | None = None
+    loss_history: list[LossPoint] | None = None
+    eval_loss: float | None = None
+    kd: KdPart | None = None
+
+
+class EvalPart(_Part):
+    model: str | None = None
+    samples: int | None = None
+    accuracy: float | None = None
+    majority_accuracy: float | None = None
+    interrupted: bool | None = None
+
+
+class EvalsPart(_Part):  # the evals the report shows; other keys (e.g. comparisons) are not its business
+    teacher: EvalPart | None = None
+    student_before: EvalPart | None = None
+    student_after: EvalPart | None = None
+    student_reference: EvalPart | None = None
+
+
+class SummaryFile(_Part):
+    run_dir: str | None = None
+    generate: GeneratePart | None = None
+    filter: FilterPart | None = None
+    train: TrainPart | None = None
+    eval: EvalsPart | None = None
+
+
+class ManifestPart(_Part):
+    teacher: dict[str, Any] | None = None
+    sampling: dict[str, Any] | None = None
+    n: int | None = None
+    prompts_source: str | None = None
+
+
+def _type_problem(schema: type[BaseModel], obj: dict[str, Any]) -> str | None:
+    """'field generate.prompts: Input should be a valid integer (got "lots")', or None when `obj` fits."""
+    try:
+        schema.model_validate(obj)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "the top level"
+        got = json.dumps(first.get("input"), default=str)
+        return f"field {loc}: {first['msg']} (got {got[:60]})"
+    return None
 
 
 # ---- completion lengths --------------------------------------------------------------------------------------
@@ -217,8 +331,8 @@ def _measure(stats: KeptStats, batch: list[Sample], count: LengthFn) -> None:
 
 
 def completion_text(sample: Sample) -> str:
-    """What the student learns to write: each completion message's reasoning trace and content."""
-    return "\n".join(part for m in sample.completion for part in (m.reasoning_content, m.content) if part)
+    """What the student learns to write: the whole completion's text (`Sample.completion_text`)."""
+    return sample.completion_text()
 
 
 def length_counter(facts: RunFacts) -> tuple[LengthFn, str]:
@@ -228,6 +342,9 @@ def length_counter(facts: RunFacts) -> tuple[LengthFn, str]:
         candidates.append((str(facts.student), f"tokens (trained student's tokenizer, {facts.student})"))
     if base := (facts.train or {}).get("model"):
         candidates.append((base, f"tokens (base student model's tokenizer, {base})"))
+    if candidates and not installed("transformers"):  # the core install: words, and how to get tokens
+        log.info("completion lengths in words: token counts need `pip install 'seqdistill[train]'`")
+        return _words, "whitespace-separated words (token counts need `pip install 'seqdistill[train]'`)"
     for name, unit in candidates:
         if (tokenizer := load_tokenizer(name)) is not None:
 
@@ -235,7 +352,11 @@ def length_counter(facts: RunFacts) -> tuple[LengthFn, str]:
                 return [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
 
             return count, unit
-    return (lambda texts: [len(t.split()) for t in texts]), "whitespace-separated words (no tokenizer could be loaded)"
+    return _words, "whitespace-separated words (no tokenizer could be loaded)"
+
+
+def _words(texts: list[str]) -> list[int]:
+    return [len(t.split()) for t in texts]
 
 
 def load_tokenizer(name: str):
@@ -338,9 +459,10 @@ def loss_section(facts: RunFacts) -> Section:
 
 
 def accuracy_section(facts: RunFacts) -> Section:
-    """Held-out accuracy of teacher, student before and after training, side by side."""
+    """Held-out accuracy of teacher, student before and after training with 95% intervals; paired differences."""
     s = Section("accuracy", "Held-out accuracy")
     rows, absent = [], []
+    has_majority = any(isinstance(r, dict) and r.get("majority_accuracy") is not None for r in facts.evals.values())
     for key, label in EVALS.items():
         r = facts.evals.get(key) or {}
         if not r and key in OPTIONAL_EVALS:
@@ -349,17 +471,52 @@ def accuracy_section(facts: RunFacts) -> Section:
             absent.append(f"{label}: " + ("interrupted" if r.get("interrupted") else "not evaluated in this run"))
             continue
         cells = [r.get(k) for k in ("model", "samples", "correct", "wrong", "unverifiable")]
-        rows.append([label, *cells, _pct(r["accuracy"]), _pct(r.get("majority_accuracy"))])
+        low, high = _ci(r)
+        ci = "-" if low is None else f"{_pct(low)} – {_pct(high)} ({r.get('ci_method')})"  # e.g. 52.2% – 70.9%
+        rows.append([label, *cells, _pct(r["accuracy"]), ci] + ([_pct(r.get("majority_accuracy"))] * has_majority))
     if not rows:
         s.missing = "no eval results in summary.json (the recipe has no eval section, or the evals did not finish)"
         return s
     s.figure = accuracy_figure(facts.evals)
-    s.caption = "Share of held-out prompts answered correctly (pass@1); majority vote over samples where measured."
-    heads = ["", "model", "samples", "correct", "wrong", "unverifiable", "accuracy", "majority accuracy"]
-    s.body = html_table(heads, rows)
+    s.caption = (
+        "Share of held-out prompts answered correctly (pass@1), with 95% confidence intervals as error bars "
+        "(Wilson with one sample per prompt, a bootstrap over prompts with several)"
+        + ("; majority vote over samples where it differs from pass@1." if has_majority else ".")
+    )
+    heads = ["", "model", "samples", "correct", "wrong", "unverifiable", "accuracy", "95% CI"]
+    s.body = html_table(heads + ["majority accuracy"] * has_majority, rows)
+    s.body += comparisons_html(facts.summary.get("comparisons"))
     if absent:
         s.body += "<p class='missing'>not available: " + _e("; ".join(absent)) + "</p>"
     return s
+
+
+def _ci(r: dict[str, Any]) -> tuple[float | None, float | None]:
+    """An eval's (low, high) interval, or (None, None) when it has none (an older summary.json)."""
+    ci = r.get("accuracy_ci")
+    if isinstance(ci, list | tuple) and len(ci) == 2 and all(isinstance(v, int | float) for v in ci):
+        return float(ci[0]), float(ci[1])
+    return None, None
+
+
+def comparisons_html(comparisons: Any) -> str:
+    """The paired differences (a - b on the prompts both answered) as a small table; empty without any."""
+    rows = []
+    for c in comparisons if isinstance(comparisons, list) else []:
+        if not isinstance(c, dict) or not isinstance(c.get("difference"), int | float):
+            continue
+        names = f"{EVALS.get(c.get('a'), c.get('a'))} − {EVALS.get(c.get('b'), c.get('b'))}"
+        diff = format_interval(c["difference"], c.get("ci_low"), c.get("ci_high"), signed=True)
+        rows.append([names, c.get("prompts"), f"{diff} ({c.get('ci_method')})", c.get("a_better"),
+                     c.get("b_better"), f"{format_p(c.get('p_value'))} ({c.get('test')})"])  # fmt: skip
+    if not rows:
+        return ""
+    heads = ["paired difference", "prompts", "difference [95% CI]", "first better", "second better", "p-value"]
+    note = (
+        "<p>The trained student against each other model, on the prompts both answered; "
+        '"first better" / "second better" count the prompts where one side scored higher (the discordant pairs).</p>'
+    )
+    return note + html_table(heads, rows)
 
 
 # ---- figures (matplotlib, Agg, imported only here) -----------------------------------------------------------
@@ -439,27 +596,50 @@ def loss_figure(history: list[dict[str, Any]], eval_loss: float | None) -> bytes
 
 
 def accuracy_figure(evals: dict[str, Any]) -> bytes:
-    """Grouped bars: accuracy (and majority-vote accuracy where measured) per model, as percentages."""
+    """Bars: accuracy per model with its 95% interval as an error bar (and majority-vote accuracy where measured).
+
+    The majority bar is drawn only for evals that report it: with one sample per prompt or greedy sampling it
+    equals the accuracy by construction, and eval leaves it out (None).
+    """
     keys = [k for k in EVALS if (evals.get(k) or {}).get("accuracy") is not None]
     fig = _figure(max(8, 2.6 * len(keys)), 4)  # room for each bar's model name
-    ax = fig.subplots()
+    draw_accuracy(fig.subplots(), evals, keys)
+    return _png(fig)
+
+
+def draw_accuracy(ax, evals: dict[str, Any], keys: list[str]) -> None:
+    """The accuracy figure's content on `ax`: a bar per eval in `keys`, its interval, labels, legend."""
     has_majority = any(evals[k].get("majority_accuracy") is not None for k in keys)
     width = 0.38 if has_majority else 0.6
     series = [("accuracy", "#4c72b0", 0.0)] + ([("majority_accuracy", "#55a868", width)] if has_majority else [])
     for metric, color, offset in series:
         xs = [i + offset - (width / 2 if has_majority else 0) for i in range(len(keys))]
         values = [evals[k].get(metric) for k in keys]
-        bars = ax.bar(xs, [v or 0.0 for v in values], width, color=color, label=metric.replace("_", " "))
-        ax.bar_label(bars, labels=["n/a" if v is None else f"{v:.0%}" for v in values], padding=2)
+        ax.bar(xs, [v or 0.0 for v in values], width, color=color, label=metric.replace("_", " "))
+        tops = _error_bars(ax, xs, values, [_ci(evals[k]) for k in keys]) if metric == "accuracy" else values
+        for x, v, top in zip(xs, values, tops, strict=True):  # the value above its bar and error bar
+            ax.annotate("n/a" if v is None else f"{v:.0%}", (x, top or 0.0), textcoords="offset points",
+                        xytext=(0, 3), ha="center")  # fmt: skip
     ax.set_xticks(range(len(keys)), [f"{EVALS[k]}\n{_clip(str(evals[k].get('model', '')), 32)}" for k in keys])
     samples = sorted({evals[k].get("samples") for k in keys} - {None})
     each = f" ({', '.join(map(str, samples))} samples each)" if samples else ""
-    ax.set(title=f"Held-out accuracy{each}", ylabel="accuracy", ylim=(0, 1.3 if has_majority else 1.12))
+    ax.set(title=f"Held-out accuracy with 95% CI{each}", ylabel="accuracy", ylim=(0, 1.3))
     ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
-    if has_majority:  # above the 100% line, clear of the bars and their labels
-        ax.legend(loc="upper center", ncol=2)
-    return _png(fig)
+    ax.legend(loc="upper center", ncol=3)  # above the 100% line, clear of the bars and their labels
+
+
+def _error_bars(ax, xs: list[float], values: list[float | None], cis: list[tuple[float | None, float | None]]):
+    """Draw each known interval as an error bar around its value; return where each bar's label goes."""
+    known = [
+        (x, v, lo, hi) for x, v, (lo, hi) in zip(xs, values, cis, strict=True) if v is not None and lo is not None
+    ]
+    if known:
+        x, v, lo, hi = (list(col) for col in zip(*known, strict=True))
+        below = [max(0.0, a - b) for a, b in zip(v, lo, strict=True)]
+        above = [max(0.0, b - a) for a, b in zip(v, hi, strict=True)]
+        ax.errorbar(x, v, yerr=[below, above], fmt="none", ecolor="#222", capsize=5, label="95% CI")
+    return [hi if hi is not None else v for v, (_, hi) in zip(values, cis, strict=True)]
 
 
 # ---- the HTML page -------------------------------------------------------------------------------------------
@@ -479,10 +659,12 @@ nav a { margin-right: 1rem; }
 """
 
 
-def render_html(facts: RunFacts, kept: KeptStats, sections: list[Section]) -> str:
+def render_html(facts: RunFacts, kept: KeptStats, sections: list[Section], explore: str | None = None) -> str:
     """The whole page as one string: every value from the run is escaped; figures are data: URIs."""
     title = f"seqdistill report: {facts.run_dir.resolve().name}"
     nav = " ".join(f'<a href="#{s.key}">{_e(s.title)}</a>' for s in sections)
+    if explore:  # the explorer page beside this one: samples, rejects and model answers
+        nav += f' <a href="{_e(explore)}"><strong>Explore the samples and answers</strong></a>'
     parts = [
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{_e(title)}</title>'
@@ -536,7 +718,7 @@ def teacher_name(facts: RunFacts, kept: KeptStats) -> str:
     if facts.manifest and facts.manifest.get("teacher"):
         t = facts.manifest["teacher"]
         return f"{t.get('model')} ({t.get('backend')})"
-    if kept.first:
+    if kept.first and kept.first.teacher:
         return f"{kept.first.teacher.model} ({kept.first.teacher.backend})"
     return str((facts.evals.get("teacher") or {}).get("model") or "unknown")
 

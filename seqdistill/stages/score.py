@@ -29,6 +29,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from seqdistill import __version__
+from seqdistill.adapters import read_input
 from seqdistill.backends import resolve_backend
 from seqdistill.backends.score_base import Failure, ScoreRequest, ScoreResult, create_score_backend
 from seqdistill.config import ScoreConfig
@@ -115,12 +116,17 @@ def plan(cfg: ScoreConfig, tokenizer_name: str) -> tuple[list[_Item], int]:
     context = _teacher_context(cfg)
     teacher = model_identity(cfg.model)
     items, empty = [], 0
-    for sample in read_samples(cfg.input):
+    for sample in read_input(cfg.input, cfg.input_format):
         if not in_shard(sample.prompt_id, cfg.shard):
             continue
         if not sample.completion:
             empty += 1
             continue
+        if sample.is_conversation:
+            raise ConfigError(
+                f"{cfg.input}: sample {sample.id} is a conversation (tools, tool calls or several completion "
+                "messages): score covers plain prompt-completion records only"
+            )
         prompt = teacher_messages(sample, context)
         completion = to_example(sample, cfg.reasoning)["completion"]
         key = score_id(sample.id, prompt, completion, teacher, tokenizer_name, cfg.logprobs)

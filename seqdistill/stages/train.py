@@ -6,11 +6,21 @@ example so nothing is cut silently; a smaller explicit limit is reported with ho
 LoRA (peft; the adapters are merged into the saved student), packing (TRL's best-fit decreasing),
 checkpoints every `save_steps` with resume from the last one, and a held-out eval split are options.
 With `kd_alpha` > 0 the loss adds Hinton's soft targets from the teacher's top-k logprobs (`kd.py`,
-`trainer.py`), after checking that teacher and student share a vocabulary.
+`trainer.py`), after checking that teacher and student share a vocabulary. `objective: onpolicy` runs
+on-policy distillation instead (`onpolicy.py`).
+
+Conversations (records with tools, tool calls or several completion messages, or earlier assistant
+turns to learn with `train_on: all_assistant`) are tokenized here instead: the whole conversation
+through the chat template, with a loss mask over every supervised assistant turn found by rendering
+prefixes (`preflight.conversation_tokens`), handed to TRL as `input_ids` + `completion_mask`. Tool
+results and user turns are never learned. Plain prompt-completion records go to TRL as before, unless
+one record of the file is a conversation (one dataset holds one shape). Not covered: soft targets
+(`kd_alpha`) on conversations.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -18,33 +28,81 @@ import time
 from pathlib import Path
 from typing import Any
 
-from seqdistill.config import TrainConfig
+from seqdistill.adapters import read_input
+from seqdistill.config import InputFormatConfig, TrainConfig
 from seqdistill.errors import ConfigError, DataError
-from seqdistill.io import read_samples, write_json
-from seqdistill.records import Sample
-from seqdistill.stages.preflight import render, run_preflight
+from seqdistill.extras import require
+from seqdistill.io import check_output_dir, exclusive_lock, write_json
+from seqdistill.records import Message, Sample
+from seqdistill.stages.preflight import PreflightError, conversation_tokens, render, run_preflight
 
 log = logging.getLogger(__name__)
 
 
-def to_example(sample: Sample, reasoning: str = "think") -> dict[str, list[dict[str, str]]]:
-    """A sample as a TRL prompt-completion example; a reasoning trace is rendered as <think>…</think>."""
-    msg = sample.completion[0]
-    content = msg.content
-    if msg.reasoning_content and reasoning == "think":
-        content = f"<think>\n{msg.reasoning_content.strip()}\n</think>\n\n{content}"
-    prompt = [{"role": m.role, "content": m.content} for m in sample.prompt]
-    return {"prompt": prompt, "completion": [{"role": "assistant", "content": content}]}
+def to_example(sample: Sample, reasoning: str = "think", train_on: str = "completion") -> dict[str, Any]:
+    """A sample as a training example; a reasoning trace is rendered as <think>…</think> before the content.
+
+    A plain record: TRL's prompt-completion example. A conversation (see the module doc): its `messages`,
+    `tools`, and the indices of the assistant messages to learn (`supervised`): those of the completion,
+    and with `train_on: all_assistant` the prompt's earlier assistant turns too.
+    """
+    earlier = train_on == "all_assistant" and any(m.role == "assistant" for m in sample.prompt)
+    if not sample.is_conversation and not earlier:
+        msg = sample.completion[0]
+        content = msg.content
+        if msg.reasoning_content and reasoning == "think":
+            content = f"<think>\n{msg.reasoning_content.strip()}\n</think>\n\n{content}"
+        prompt = [{"role": m.role, "content": m.content} for m in sample.prompt]
+        return {"prompt": prompt, "completion": [{"role": "assistant", "content": content}]}
+    messages = [_chat(m, reasoning) for m in [*sample.prompt, *sample.completion]]
+    first = 0 if earlier else len(sample.prompt)
+    supervised = [i for i, m in enumerate(messages) if m["role"] == "assistant" and i >= first]
+    return {"messages": messages, "tools": sample.tools, "supervised": supervised, "id": sample.id}
 
 
-def training_samples(path: str, warn: bool = True) -> list[Sample]:
+def _chat(message: Message, reasoning: str) -> dict[str, Any]:
+    """One message as the chat template takes it, an assistant's reasoning folded into its content."""
+    out = message.as_chat()
+    if message.role == "assistant" and message.reasoning_content and reasoning == "think":
+        out["content"] = f"<think>\n{message.reasoning_content.strip()}\n</think>\n\n{message.content}"
+    return out
+
+
+def as_conversation(example: dict[str, Any]) -> dict[str, Any]:
+    """A prompt-completion example in the conversation form (for a file that mixes both shapes)."""
+    if "messages" in example:
+        return example
+    messages = example["prompt"] + example["completion"]
+    return {"messages": messages, "tools": None, "supervised": list(range(len(example["prompt"]), len(messages)))}
+
+
+def training_rows(tokenizer, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What the trainer gets: the examples as they are, or conversations tokenized with their loss masks.
+
+    A template without the prefix property (see `preflight.conversation_tokens`) is a PreflightError.
+    """
+    if not examples or "messages" not in examples[0]:
+        return examples
+    rows = []
+    for index, example in enumerate(examples):
+        try:
+            ids, mask, _ = conversation_tokens(tokenizer, example)
+        except PreflightError as e:
+            raise PreflightError(
+                f"pre-flight check failed: example {index} (sample {example.get('id')}): {e}"
+            ) from None
+        rows.append({"input_ids": ids, "completion_mask": mask})
+    return rows
+
+
+def training_samples(path: str, warn: bool = True, fmt: InputFormatConfig | None = None) -> list[Sample]:
     """The samples of `path` with a completion, each sample id once: the first wins, as in filter.
 
     A repeated id (a file two runs appended to, or concatenated) would train twice on one sample; it is
     dropped with a warning rather than refused, since the first record is a complete sample.
     """
     samples, seen, repeated = [], set(), 0
-    for s in read_samples(path):
+    for s in read_input(path, fmt):
         if s.id in seen:
             repeated += 1
             continue
@@ -56,17 +114,24 @@ def training_samples(path: str, warn: bool = True) -> list[Sample]:
     return samples
 
 
-def load_examples(path: str, reasoning: str) -> list[dict[str, Any]]:
-    examples = [to_example(s, reasoning) for s in training_samples(path)]
+def load_examples(
+    path: str, reasoning: str, train_on: str = "completion", *, fmt: InputFormatConfig | None = None
+) -> list[dict[str, Any]]:
+    """The training examples of `path`: all prompt-completion, or all conversations when any record is one."""
+    examples = [to_example(s, reasoning, train_on) for s in training_samples(path, fmt=fmt)]
     if not examples:
         raise DataError(f"{path}: no samples to train on (did the filter keep anything? see its report)")
+    if any("messages" in ex for ex in examples):
+        examples = [as_conversation(ex) for ex in examples]
     return examples
 
 
 def example_lengths(tokenizer, examples: list[dict[str, Any]]) -> list[int]:
-    """Token length of each prompt+completion as TRL tokenizes it (the chat template applied)."""
+    """Token length of each prompt+completion as TRL tokenizes it (the chat template applied); of a tokenized row."""
     return [
-        len(
+        len(ex["input_ids"])
+        if "input_ids" in ex
+        else len(
             tokenizer.apply_chat_template(ex["prompt"] + ex["completion"], tokenize=True, return_dict=True)[
                 "input_ids"
             ]
@@ -98,7 +163,7 @@ def build_trainer(cfg: TrainConfig, model, tokenizer, examples: list[dict[str, A
         completion_only_loss=True,
         bf16=cfg.bf16,  # TRL turns bf16 on by default; we decide explicitly
         fp16=False,
-        activation_checkpointing=cfg.gradient_checkpointing,  # TRL defaults it on; off is ~25% faster on CPU
+        **_checkpointing(SFTConfig, cfg.gradient_checkpointing),  # TRL defaults it on; off is ~25% faster on CPU
         logging_steps=logging_steps(cfg, len(train_rows)),
         logging_first_step=True,
         save_strategy="steps" if cfg.save_steps else "no",
@@ -141,6 +206,18 @@ def logging_steps(cfg: TrainConfig, examples: int) -> int:
     per_step = cfg.batch_size * cfg.gradient_accumulation_steps * int(os.environ.get("WORLD_SIZE") or 1)
     steps = math.ceil(examples / per_step) * cfg.epochs
     return max(1, int(steps // 25))
+
+
+def _checkpointing(config_cls, on: bool) -> dict[str, bool]:
+    """The checkpointing switch under the name this transformers knows: `activation_checkpointing` in 5.24
+    (where `gradient_checkpointing` is a deprecated alias that warns, to go in v6), `gradient_checkpointing` in 5.20.
+
+    Both are accepted so one environment can hold vLLM, which pins transformers < 5.21 (docs/install.md).
+    """
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": on}
 
 
 def _split(examples: list[dict[str, Any]], fraction: float, seed: int):
@@ -225,7 +302,13 @@ def _inputs(cfg: TrainConfig) -> list[dict[str, Any]]:
         raise ConfigError("train needs an input file: seqdistill train KEPT.jsonl")
     if not cfg.model:
         raise ConfigError("train needs a student model: --model DIR (or bundled:smollm2)")
-    return load_examples(cfg.input, cfg.reasoning)
+    examples = load_examples(cfg.input, cfg.reasoning, cfg.train_on, fmt=cfg.input_format)
+    if cfg.kd_alpha > 0 and "messages" in examples[0]:
+        raise ConfigError(
+            f"{cfg.input}: kd_alpha > 0 (soft targets) covers plain prompt-completion records only, and this file "
+            "holds conversations (tools, tool calls or several turns): set kd_alpha: 0"
+        )
+    return examples
 
 
 def _require(module: str, message: str) -> None:
@@ -259,7 +342,8 @@ def attach_soft_targets(cfg: TrainConfig, tokenizer, examples: list[dict[str, An
     """
     from seqdistill.kd import TokenTable, require_same_vocabulary, teacher_targets
 
-    samples = training_samples(cfg.input, warn=False)  # the same samples, in the same order, as load_examples
+    # the same samples, in the same order, as load_examples
+    samples = training_samples(cfg.input, warn=False, fmt=cfg.input_format)
     logprobs = [s.logprobs for s in samples]
     k = max((lp.k for lp in logprobs if lp is not None), default=0)
     if not k:
@@ -268,7 +352,11 @@ def attach_soft_targets(cfg: TrainConfig, tokenizer, examples: list[dict[str, An
             "generate with --set logprobs=K (K ≤ 20) or run `seqdistill score` on the samples, or set kd_alpha: 0"
         )
     source = next((s.logprobs_source for s in samples if s.logprobs_source is not None), None)
-    teacher = cfg.kd_teacher_tokenizer or (source.tokenizer or source.model if source else samples[0].teacher.model)
+    teacher = cfg.kd_teacher_tokenizer or (
+        source.tokenizer or source.model if source else samples[0].teacher.model if samples[0].teacher else None
+    )
+    if teacher is None:
+        raise ConfigError("kd_alpha > 0: the samples do not name their teacher; set kd_teacher_tokenizer")
     teacher_tok = _load_tokenizer(teacher, "kd_teacher_tokenizer")
     require_same_vocabulary(teacher_tok.get_vocab(), tokenizer.get_vocab(), teacher, str(cfg.model))
     table = TokenTable(tokenizer)
@@ -296,6 +384,11 @@ def check(cfg: TrainConfig) -> dict[str, Any]:
 
     With `kd_alpha` > 0 it also checks the teacher's vocabulary and reports the soft targets' coverage.
     """
+    require("train --check")
+    if cfg.objective == "onpolicy":
+        from seqdistill import onpolicy
+
+        return onpolicy.check(cfg)
     examples = _inputs(cfg)
     from transformers import AutoTokenizer, GenerationConfig
 
@@ -310,7 +403,7 @@ def check(cfg: TrainConfig) -> dict[str, Any]:
         generation_eos = _eos_list(GenerationConfig.from_pretrained(path))
     except OSError:  # no generation_config.json: nothing to compare
         generation_eos = None
-    lengths = example_lengths(tokenizer, examples)
+    lengths = example_lengths(tokenizer, training_rows(tokenizer, examples))
     report = run_preflight(tokenizer, examples, lengths, cfg.max_length, cfg.max_truncated_share, generation_eos)
     if cfg.kd_alpha > 0:  # the vocabulary check and the soft-target coverage, before any GPU time is spent
         kd = attach_soft_targets(cfg, tokenizer, examples)
@@ -318,7 +411,30 @@ def check(cfg: TrainConfig) -> dict[str, Any]:
     return report
 
 
+def _one_writer(fn):
+    """Check the output dir before any work and hold it (an OS lock) while training: one training per output.
+
+    Under torchrun every rank runs this: only rank 0, the one that writes, takes the lock.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(cfg: TrainConfig) -> dict[str, Any]:
+        check_output_dir(cfg.output)
+        if os.environ.get("RANK", "0") != "0":
+            return fn(cfg)
+        with exclusive_lock(cfg.output):  # `.NAME.lock` beside the dir: nothing is created in it before training
+            return fn(cfg)
+
+    return wrapper
+
+
+@_one_writer
 def run(cfg: TrainConfig) -> dict[str, Any]:
+    require("train")
+    if cfg.objective == "onpolicy":  # the student samples, the teacher scores: seqdistill/onpolicy.py
+        from seqdistill import onpolicy
+
+        return onpolicy.run(cfg)
     examples = _inputs(cfg)
     from seqdistill.models import load_model
 
@@ -328,7 +444,8 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         cfg.model, cfg.dtype, for_generation=False, attn_implementation=cfg.attn_implementation,
         quantization_config=_qlora_config(cfg) if cfg.qlora else None,
     )  # fmt: skip
-    lengths = example_lengths(tokenizer, examples)
+    rows = training_rows(tokenizer, examples)  # conversations: tokenized with their masks
+    lengths = example_lengths(tokenizer, rows)
     preflight = run_preflight(
         tokenizer, examples, lengths, cfg.max_length, cfg.max_truncated_share, _eos_list(model.generation_config)
     )
@@ -343,7 +460,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
             f"longest {longest} tokens): raise max_length, unset it, or set packing: true"
         )
     kd = attach_soft_targets(cfg, tokenizer, examples) if cfg.kd_alpha > 0 else None
-    trainer = build_trainer(cfg, model, tokenizer, examples, max_length, kd["k"] if kd else 0)
+    trainer = build_trainer(cfg, model, tokenizer, rows, max_length, kd["k"] if kd else 0)
     out = Path(cfg.output)
     resume = _last_checkpoint(out) if cfg.save_steps else None
     if resume:

@@ -1,7 +1,7 @@
 """Answer checks: decide whether a completion's final answer matches a reference answer.
 
 One registry entry per checker (``registry.py``; one module each: ``math``, ``numeric``, ``choice``,
-``exact``, ``regex``, ``code``) with an options model, ``extract(completion, options) -> Answer | None``
+``exact``, ``regex``, ``code``, ``json``) with an options model, ``extract(completion, options) -> Answer | None``
 and ``compare(answer, reference, options) -> Verdict``. ``score(check, completion, reference)`` is the
 one scoring path (filter, voting and eval all reach it through ``checks.pool.CheckPool``). Verdicts
 are tri-state: ``correct`` is True / False when the answer could be compared and None when it could

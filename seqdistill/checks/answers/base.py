@@ -72,6 +72,7 @@ class CheckSpec:
     no_answer: str = "no answer in completion"  # the reason when `extract` finds nothing
     votable: bool = True  # majority voting compares extracted answers; `code` has none to compare
     vote_key: Callable[[str], str] | None = None  # answers that count as the same vote (e.g. 0.5 and \frac12)
+    needs_reference: bool = True  # False: `compare` also runs without a reference (json: is it valid?)
 
 
 @dataclass(frozen=True)
@@ -89,10 +90,11 @@ class Check:
 def score(check: Check, completion: str, reference: str | None) -> Verdict:
     """The verdict for one completion against its reference: the only scoring path (filter, votes, eval).
 
-    Never raises on odd completions or references: a missing reference, no answer, or a checker error
-    is an unverifiable verdict with its reason.
+    Never raises on odd completions or references: a missing reference (for a check that needs one), no
+    answer, or a checker error is an unverifiable verdict with its reason.
     """
-    if reference is None or (isinstance(reference, str) and not reference.strip()):
+    no_reference = reference is None or (isinstance(reference, str) and not reference.strip())
+    if no_reference and check.spec.needs_reference:
         return Verdict(None, "no reference answer", None)
     if not isinstance(completion, str):
         kind = type(completion).__name__
@@ -101,7 +103,7 @@ def score(check: Check, completion: str, reference: str | None) -> Verdict:
         answer = check.spec.extract(completion, check.options)
         if answer is None:
             return Verdict(None, check.spec.no_answer, None)
-        return check.spec.compare(answer, reference, check.options)
+        return check.spec.compare(answer, None if no_reference else reference, check.options)
     except Exception as e:  # one malformed sample must not abort a whole batch
         return Verdict(None, f"checker error: {type(e).__name__}: {e}", None)
 

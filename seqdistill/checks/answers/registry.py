@@ -14,11 +14,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from seqdistill.checks.answers import choice, code, exact, math, numeric, regex
+from seqdistill.checks.answers import json as json_check
 from seqdistill.checks.answers.base import Check, CheckSpec, Verdict, score
 from seqdistill.errors import ConfigError
 
 REGISTRY: dict[str, CheckSpec] = {
-    spec.name: spec for spec in (exact.SPEC, math.SPEC, numeric.SPEC, choice.SPEC, regex.SPEC, code.SPEC)
+    spec.name: spec
+    for spec in (exact.SPEC, math.SPEC, numeric.SPEC, choice.SPEC, regex.SPEC, code.SPEC, json_check.SPEC)
 }
 NONE = "none"  # no answer check: a config value, not a checker
 CHECK_NAMES = (*REGISTRY, NONE)
