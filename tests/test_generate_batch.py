@@ -561,3 +561,27 @@ def test_user_errors_are_one_line(tmp_path, server, monkeypatch):
     result = run(*batch_args(server.base_url, prompts, out))
     assert_exit(result, 1)
     assert "state.json: unreadable" in error_line(result) and server.created_batches() == []
+
+
+def test_conversations_with_tools_go_through_a_batch_as_they_go_live(tmp_path, server):
+    from tests.test_generate_tools import ASK, WEATHER
+    from tests.test_generate_tools import prompt_rows as tool_rows
+
+    server.tool_calls[ASK] = ("get_weather", {"city": "Paris"})
+    prompts = write_jsonl(tmp_path / "p.jsonl", tool_rows())
+    out = tmp_path / "s.jsonl"
+    assert_exit(run(*batch_args(server.base_url, prompts, out)), 0)
+
+    (upload,) = server.uploads()
+    bodies = {line["custom_id"]: line["body"] for line in map(json.loads, upload["data"].splitlines())}
+    by_length = {len(b["messages"]): b for b in bodies.values() if b["messages"][0]["content"] == ASK}
+    assert by_length[1]["tools"] == [WEATHER] and by_length[3]["tools"] == [WEATHER]
+    assert by_length[3]["messages"][1]["tool_calls"][0]["function"]["arguments"] == '{"city": "Paris"}'  # wire form
+    assert sum("tools" in b for b in bodies.values()) == 2  # the plain question offers none
+    records = {r["prompt_id"]: r for r in read_jsonl(out)}
+    ask = records["ask"]
+    assert ask["finish_reason"] == "tool_calls" and ask["tools"] == [WEATHER]
+    assert ask["completion"][0]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": {"city": "Paris"}}
+    assert "Sunny" in records["answered"]["completion"][0]["content"] and "tools" not in records["plain"]
+    assert_exit(run(*batch_args(server.base_url, prompts, out)), 0)  # resume: nothing missing, nothing sent
+    assert len(server.uploads()) == 1
