@@ -156,7 +156,7 @@ class GenerateConfig(_Config):
         256,
         ge=1,
         description="Requests in flight at once (openai backend). 256 fills a GPU vLLM server's default batch "
-        "(max_num_seqs: 256, 1024 on H100/H200); a 429 halves it (adaptive_concurrency). docs/benchmarks.md.",
+        "(max_num_seqs: 256, 1024 on H100/H200); a 429 halves it (adaptive_concurrency). docs/generate.md.",
     )
     timeout: float = Field(600.0, gt=0, description="Seconds per request before it counts as failed.")
     max_retries: int = Field(4, ge=0, description="Retries of a request on 429/5xx/timeouts/dropped connections.")
