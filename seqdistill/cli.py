@@ -177,6 +177,13 @@ def generate_cmd(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Send a small pilot, then project the whole run.")
     ] = False,
+    mode: Annotated[
+        str | None, typer.Option(help="openai backend: live | batch (a batch API) | batch-file (docs/batch.md).")
+    ] = None,
+    cancel: Annotated[bool, typer.Option("--cancel", help="Cancel this output's open batches.")] = False,
+    from_batch_output: Annotated[
+        list[str] | None, typer.Option(help="Read a batch output file (OpenAI's, vllm run-batch's) into --output.")
+    ] = None,
     set_: SetOpt = None,
 ) -> None:
     """Sample the teacher on every prompt; re-running sends only the samples still missing."""
@@ -195,8 +202,15 @@ def generate_cmd(
         "max_requests": max_requests,
         "max_output_tokens": max_output_tokens,
         "max_cost": max_cost,
+        "mode": mode,
     }
     cfg = load_stage("generate", config, flags, set_)
+    if cancel or from_batch_output:
+        from seqdistill.stages import batch
+
+        summary = batch.cancel(cfg) if cancel else batch.ingest(cfg, from_batch_output)
+        _show("generate --cancel" if cancel else "generate --from-batch-output", summary)
+        return
     if dry_run:
         projection = generate.dry_run(cfg)
         _show("generate --dry-run: pilot and projection for the rest", projection)

@@ -157,7 +157,12 @@ class GenerateConfig(_Config):
         None, description="Env var holding the API key (never written anywhere); unset for local servers."
     )
     n: int = Field(1, ge=1, description="Samples per prompt.")
-    concurrency: int = Field(32, ge=1, description="Requests in flight at once (openai backend).")
+    concurrency: int = Field(
+        256,
+        ge=1,
+        description="Requests in flight at once (openai backend). 256 fills a GPU vLLM server's default batch "
+        "(max_num_seqs: 256, 1024 on H100/H200); a 429 halves it (adaptive_concurrency). docs/generate.md.",
+    )
     timeout: float = Field(600.0, gt=0, description="Seconds per request before it counts as failed.")
     max_retries: int = Field(4, ge=0, description="Retries of a request on 429/5xx/timeouts/dropped connections.")
     backoff_base: float = Field(1.0, ge=0, description="First retry waits up to this many seconds (then doubles).")
@@ -195,6 +200,25 @@ class GenerateConfig(_Config):
     shutdown_timeout: float = Field(30.0, ge=0, description="After a first Ctrl-C, seconds to wait for in-flight.")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     extra_body: dict[str, Any] = Field(default_factory=dict, description="Extra request fields (e.g. top_k).")
+    mode: Literal["live", "batch", "batch-file"] = Field(
+        "live",
+        description="openai backend: live requests; batch: the provider's batch API (files + batches: about half "
+        "price, answers within the completion window); batch-file: only write batch input files (for "
+        "`vllm run-batch` or a later upload), read back with --from-batch-output. docs/batch.md.",
+    )
+    batch_max_requests: int = Field(50_000, ge=1, description="Batch: requests per input file (OpenAI: 50,000).")
+    batch_max_bytes: int = Field(200_000_000, ge=1, description="Batch: bytes per input file (OpenAI: 200 MB).")
+    batch_completion_window: str = Field("24h", description="Batch: the completion_window of each batch.")
+    batch_price_factor: float = Field(
+        0.5, gt=0, description="Batch modes: cost is the price_* keys times this (OpenAI's batch price: 0.5)."
+    )
+    batch_poll_interval: float = Field(
+        10.0, gt=0, description="Batch: seconds before the first status poll; ×1.5 while nothing changes."
+    )
+    batch_poll_max: float = Field(300.0, gt=0, description="Batch: longest wait between two status polls (s).")
+    batch_wait: bool = Field(
+        True, description="Batch: wait for the batches and write their answers; false: submit, then exit."
+    )
     response_format: str | dict[str, Any] | None = Field(
         None,
         description="Structured output: a JSON Schema file, or an OpenAI response_format mapping "
@@ -244,6 +268,16 @@ class GenerateConfig(_Config):
     def _check_budget(self) -> GenerateConfig:
         if self.max_cost is not None and not (self.price_input_per_m or self.price_output_per_m):
             raise ValueError("max_cost needs prices: set price_input_per_m and price_output_per_m")
+        return self
+
+    @model_validator(mode="after")
+    def _check_mode(self) -> GenerateConfig:
+        if self.mode != "live" and "backend" not in self.model_fields_set:
+            self.backend = "openai"  # the batch modes are the openai backend's
+        elif self.mode != "live" and self.backend != "openai":
+            raise ValueError(
+                f"mode {self.mode} is a way of the openai backend: set backend=openai, not {self.backend}"
+            )
         return self
 
     @property
@@ -583,6 +617,7 @@ class ScoreConfig(GenerateConfig):
     @model_validator(mode="after")
     def _refuse_generation_keys(self) -> ScoreConfig:
         unused = {"n", "sampling", "split_think", "max_output_tokens", "max_cost", "pilot_prompts", "response_format"}
+        unused |= {"mode"}  # batch modes are generate's
         unused &= self.model_fields_set
         unused |= {f"prompts.{k}" for k in ("source", "teacher_template") if k in self.prompts.model_fields_set}
         if unused:

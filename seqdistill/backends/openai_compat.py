@@ -209,7 +209,8 @@ class OpenAIBackend(Backend):
         log.warning("prompt %s: gave up after %s (%s); the next run retries it", req.prompt_id, kind, detail)
         emit(Failure(req, kind, detail))
 
-    async def _send(self, server: _Server, req: Request) -> dict[str, Any]:
+    def request_body(self, req: Request) -> dict[str, Any]:
+        """The chat-completions body of `req` (live requests and batch input lines alike)."""
         body = {
             "model": self.cfg.model,
             "messages": wire_messages(req.messages),
@@ -218,8 +219,11 @@ class OpenAIBackend(Backend):
         }
         if req.tools:
             body["tools"] = req.tools
+        return body
+
+    async def _send(self, server: _Server, req: Request) -> dict[str, Any]:
         try:
-            return await server.transport.chat(body)
+            return await server.transport.chat(self.request_body(req))
         except StatusError as e:
             raise self._status_error(e, server) from None
         except TransportError as e:

@@ -189,6 +189,10 @@ def run(cfg: GenerateConfig, use_student_prompt: bool = False) -> GenerateResult
     if cfg.backend == "auto":
         cfg = cfg.model_copy(update={"backend": resolve_backend(cfg.backend)})
     prompts, ids, done, requests = pending_requests(cfg, use_student_prompt)
+    if cfg.mode != "live":  # a batch API, or batch files: stages/batch.py, on the same ledger
+        from seqdistill.stages import batch
+
+        return GenerateResult.model_validate(batch.run(cfg, prompts, ids, done))
     failures = FailureLog(Path(cfg.output), ids, done)
     summary = _summary_start(cfg, prompts, ids, requests)
     if other := len(done - set(ids.values())):
@@ -211,11 +215,14 @@ def run(cfg: GenerateConfig, use_student_prompt: bool = False) -> GenerateResult
 @one_writer
 def dry_run(cfg: GenerateConfig) -> dict[str, Any]:
     """Send a pilot of a few prompts (kept in the output), then project requests, tokens, cost and time."""
+    if cfg.mode == "batch-file":
+        raise ConfigError("--dry-run sends a pilot; mode batch-file sends nothing (its files list the requests)")
     prompts, ids, done, requests = pending_requests(cfg)
     pilot = requests[: cfg.pilot_prompts]
     summary = {**_summary_start(cfg, prompts, ids, requests), "dry_run": True}  # present counts: all requests
-    if pilot:
-        _execute(cfg, pilot, {p.id: p for p in prompts}, ids, summary, FailureLog(Path(cfg.output), ids, done))
+    if pilot:  # live even in batch mode (a pilot batch could take a day); the rest is projected at the batch price
+        live = cfg.model_copy(update={"mode": "live"})
+        _execute(live, pilot, {p.id: p for p in prompts}, ids, summary, FailureLog(Path(cfg.output), ids, done))
     else:  # every sample present: nothing to pilot or project
         summary.update(_Tally(cfg).summary(0.0))
         _write_manifest(cfg, summary, {})
@@ -236,7 +243,9 @@ def dry_run(cfg: GenerateConfig) -> dict[str, Any]:
         "projected_prompt_tokens": round(per_sample_in * rest_samples),
         "projected_output_tokens": round(per_sample_out * rest_samples),
         "projected_cost": round(_cost(cfg, per_sample_in * rest_samples, per_sample_out * rest_samples), 4),
-        "projected_seconds": round(summary.get("seconds", 0.0) / max(pilot_waves, 1) * waves, 1),
+        "projected_seconds": round(summary.get("seconds", 0.0) / max(pilot_waves, 1) * waves, 1)
+        if cfg.mode == "live"
+        else f"within {cfg.batch_completion_window} (the batch completion window)",
     }
 
 
@@ -256,7 +265,8 @@ def _summary_start(cfg, prompts, ids, requests) -> dict[str, Any]:
 
 
 def _cost(cfg: GenerateConfig, prompt_tokens: float, output_tokens: float) -> float:
-    return (prompt_tokens * cfg.price_input_per_m + output_tokens * cfg.price_output_per_m) / 1e6
+    factor = cfg.batch_price_factor if cfg.mode != "live" else 1.0  # batch APIs sell the same tokens cheaper
+    return (prompt_tokens * cfg.price_input_per_m + output_tokens * cfg.price_output_per_m) * factor / 1e6
 
 
 def _over_budget(cfg: GenerateConfig, tally: _Tally) -> str | None:
@@ -441,11 +451,27 @@ class FailureLog:
             left = [(i, sid) for i, sid in pairs if sid not in gone]
             if left:
                 rows.append({**row, "sample_indices": [i for i, _ in left], "sample_ids": [sid for _, sid in left]})
-        rows += self.rows
+        rows += _latest_unresolved(self.rows, self.resolved)
         if rows:
             write_atomic(self.path, (json.dumps(row) for row in rows))
         else:
             self.path.unlink(missing_ok=True)
+
+
+def _latest_unresolved(rows: list[dict[str, Any]], resolved: set[str]) -> list[dict[str, Any]]:
+    """This run's rows, less samples written after they failed, each sample in its latest row only.
+
+    (A batch run resubmits what failed within the run: a sample may fail, then be written or fail again.)
+    """
+    seen: set[str] = set()
+    out = []
+    for row in reversed(rows):
+        pairs = zip(row["sample_indices"], row["sample_ids"], strict=True)
+        left = [(i, sid) for i, sid in pairs if sid not in resolved and sid not in seen]
+        seen |= {sid for _, sid in left}
+        if left:
+            out.append({**row, "sample_indices": [i for i, _ in left], "sample_ids": [sid for _, sid in left]})
+    return out[::-1]
 
 
 def _aligned(sample_ids: Any, indices: Any) -> bool:
