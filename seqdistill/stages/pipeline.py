@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from seqdistill.io import check_output, exclusive_lock, read_samples, read_table
 from seqdistill.models import BUNDLED
 from seqdistill.prompts import load_prompts
 from seqdistill.records import Message, Sample
-from seqdistill.stages import evaluate, filter, generate, train
+from seqdistill.stages import evaluate, filter, generate, recipes, train
 from seqdistill.stats import compare
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ def check(cfg: PipelineConfig) -> None:
         raise ConfigError("train.kd_alpha > 0 needs the teacher's logprobs: set generate.logprobs (e.g. 5)")
     if cfg.eval is not None:
         evaluate.check_config(cfg.eval)
+    recipes.check(cfg)
 
 
 def _check_student(model: str | None, key: str) -> None:
@@ -152,36 +154,48 @@ def _checked_and_locked(fn):
 @_checked_and_locked
 def run(cfg: PipelineConfig) -> dict[str, Any]:
     summary: dict[str, Any] = {"run_dir": cfg.run_dir}
+    seconds: dict[str, float] = {}  # wall time of each stage (recipes' table shares them out)
+    summary["seconds"] = seconds
     log.info("generate: teacher %s (%s) -> %s", cfg.generate.model, cfg.generate.backend, cfg.generate.output)
-    summary["generate"] = generate.run(cfg.generate)
+    summary["generate"] = _timed(seconds, "generate", generate.run, cfg.generate)
     if summary["generate"]["interrupted"]:
         return summary
-    summary["filter"] = filter.run(cfg.filter)
+    summary["filter"] = _timed(seconds, "filter", filter.run, cfg.filter)
     evals = eval_configs(cfg) if cfg.eval else {}
     summary["eval"] = {}
+
+    def evaluate_one(name: str, ecfg: EvalConfig) -> bool:
+        """Run one held-out eval into the summary; False when it was interrupted (the pipeline stops)."""
+        log.info("eval %s: %s", name, ecfg.model)
+        summary["eval"][name] = _timed(seconds, f"eval_{name}", evaluate.run, ecfg)
+        return not summary["eval"][name].get("interrupted")
+
     for name in ("teacher", "student_before"):
-        if name in evals:
-            log.info("eval %s: %s", name, evals[name].model)
-            summary["eval"][name] = evaluate.run(evals[name])
-            if summary["eval"][name].get("interrupted"):
-                return summary
-    log.info("train: student %s on %s -> %s", cfg.train.model, cfg.train.input, cfg.train.output)
-    summary["train"] = train.run(cfg.train)
-    if "student_after" in evals:
-        log.info("eval student_after: %s", evals["student_after"].model)
-        summary["eval"]["student_after"] = evaluate.run(evals["student_after"])
-        if summary["eval"]["student_after"].get("interrupted"):
+        if name in evals and not evaluate_one(name, evals[name]):
             return summary
+    log.info("train: student %s on %s -> %s", cfg.train.model, cfg.train.input, cfg.train.output)
+    summary["train"] = _timed(seconds, "train", train.run, cfg.train)
+    if "student_after" in evals and not evaluate_one("student_after", evals["student_after"]):
+        return summary
     if cfg.reference_baseline:
-        summary["train_reference"] = _reference_baseline(cfg)
-        if "student_reference" in evals:
-            log.info("eval student_reference: %s", evals["student_reference"].model)
-            summary["eval"]["student_reference"] = evaluate.run(evals["student_reference"])
-            if summary["eval"]["student_reference"].get("interrupted"):
-                return summary
+        summary["train_reference"] = _timed(seconds, "train_reference", _reference_baseline, cfg)
+        if "student_reference" in evals and not evaluate_one("student_reference", evals["student_reference"]):
+            return summary
+    if cfg.recipes:
+        summary["recipes"] = recipes.run(cfg, summary, seconds, evaluate_one)
+        if not summary["recipes"]:
+            return summary
     summary["comparisons"] = comparisons(summary["eval"])
     write_json(Path(cfg.run_dir) / "summary.json", summary)
     return summary
+
+
+def _timed(seconds: dict[str, float], key: str, fn, *args):
+    start = time.monotonic()
+    try:
+        return fn(*args)
+    finally:
+        seconds[key] = round(time.monotonic() - start, 1)
 
 
 def comparisons(evals: dict[str, Any]) -> list[dict[str, Any]]:
