@@ -966,8 +966,8 @@ def _is_section(field: Any) -> bool:
 
 
 def _row(key: str, field: Any) -> str:
-    default = field.get_default(call_default_factory=True)
-    shown = "—" if default is None else f"`{default}`"
+    default = None if field.is_required() else field.get_default(call_default_factory=True)
+    shown = "required" if field.is_required() else "—" if default is None else f"`{default}`"
     return f"| `{key}` | {shown} | {(field.description or '').replace('|', '/')} |"
 
 

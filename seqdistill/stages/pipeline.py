@@ -6,7 +6,9 @@ student with the bare student prompt, before and after training. With `reference
 student is also trained on the prompts' bare reference answers (one per generated prompt, the same
 train settings) and evaluated: does it learn more from the teacher's samples than from the labels?
 The trained student is then compared, prompt by prompt, with each of the others (`comparisons`: the
-difference in accuracy with its 95% interval and a paired p-value, see stats.py).
+difference in accuracy with its 95% interval and a paired p-value, see stats.py). With `recipes`, other ways of
+training the same student (on-policy, SFT then on-policy, majority-vote labels, ...) follow, each evaluated alike,
+and one comparison table is written (stages/recipes.py). `summary["seconds"]` holds each stage's wall time.
 Every stage resumes or is cheap to redo, so re-running a pipeline after a crash continues where it stopped.
 Before any work, every stage's config and inputs that can be checked are (`check`), and one run at a
 time holds the run dir (a lock on its summary.json). A stage stopped by a signal stops the pipeline.
