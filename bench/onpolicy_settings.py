@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -40,7 +41,9 @@ def _slice(cfg, run_dir: Path, start: int, stop: int) -> str:
     source = Path(cfg.generate.prompts.source)
     rows = source.read_text(encoding="utf-8").splitlines()[start:stop]
     out = run_dir / "settings-slice.jsonl"
-    out.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}")  # two runs side by side: each replaces it whole
+    tmp.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    os.replace(tmp, out)
     trained = {p.id for p in load_prompts(cfg.generate.prompts)}
     held_out = {p.id for p in load_prompts(cfg.eval.prompts)}
     chosen = {json.loads(r)["id"] for r in rows}
