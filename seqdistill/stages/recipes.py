@@ -228,7 +228,7 @@ def comparison(
     rows = [_point("teacher", "teacher (with the worked examples in its prompt)", evals),
             _point(UNTRAINED, "untrained student", evals)]  # fmt: skip
     labels = sum(1 for _ in _prompt_references(cfg))
-    generated = int((summary.get("generate") or {}).get("completion_tokens") or 0)
+    generated = teacher_tokens(cfg.generate.output)
     counted: set[str] = set()  # shared stages already counted in an earlier row
     for r in cfg.recipes:
         row = _point(eval_name(r), r.label or r.name, evals, name=r.name)
@@ -248,6 +248,13 @@ def comparison(
     shared = {k: v for k, v in seconds.items() if k not in counted}
     return {"compare_to": baseline.name, "rows": [asdict(r) for r in rows], "shared_seconds": shared,
             "markdown": markdown(rows, baseline.name)}  # fmt: skip
+
+
+def teacher_tokens(samples_path: str) -> int:
+    """Completion tokens the teacher generated, over every sample of the file (a resumed run's too)."""
+    if not Path(samples_path).is_file():
+        return 0
+    return sum(s.usage.completion_tokens or 0 for s in read_samples(samples_path) if s.usage is not None)
 
 
 def _stages(r: RecipeConfig) -> list[str]:
