@@ -17,7 +17,7 @@ from seqdistill.config import PipelineConfig, load_pipeline
 from seqdistill.errors import ConfigError
 from seqdistill.stages import recipes
 from seqdistill.stats import mcnemar_exact, newcombe_paired_interval, wilson_interval
-from tests.conftest import write_jsonl
+from tests.conftest import make_sample, write_jsonl
 from tests.fake_openai_server import FakeOpenAIServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,7 +164,14 @@ def test_the_table_holds_paired_differences_computed_from_the_per_prompt_results
     ref = [0, 0, 1, 0, 0, 0, 1, 0, 0, 1]
     onp = [1, 0, 1, 1, 1, 0, 1, 0, 1, 1]
     before = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-    summary = {"generate": {"completion_tokens": 1234},
+    samples = [
+        make_sample("p1", 0, usage={"completion_tokens": 600}),
+        make_sample("p1", 1, usage={"completion_tokens": 634}),
+        make_sample("p2", 0, usage={"request_completion_tokens": 50}),
+        make_sample("p2", 1, usage={"request_completion_tokens": 50}),
+    ]  # one request's total: counted once
+    write_jsonl(Path(cfg.generate.output), samples)
+    summary = {"generate": {"completion_tokens": 0},  # a resumed run: its generate made nothing new
                "eval": {"teacher": _eval(ref), "student_before": _eval(before), "student_after": _eval(a),
                         "student_reference": _eval(ref), "recipe_onp": _eval(onp)}}  # fmt: skip
     seconds = {"generate": 10.0, "train": 5.0, "eval_student_after": 2.0, "train_reference": 3.0,
@@ -185,7 +192,7 @@ def test_the_table_holds_paired_differences_computed_from_the_per_prompt_results
     assert rows["sft"]["seconds"] == 7.0 and rows["onp"]["seconds_split"] == {"onpolicy_onp": 7.0,
                                                                               "eval_recipe_onp": 2.5}  # fmt: skip
     assert table["shared_seconds"] == {"generate": 10.0}
-    assert (rows["onp"]["teacher_tokens_scored"], rows["onp"]["teacher_tokens_generated"]) == (900, 1234)
+    assert (rows["onp"]["teacher_tokens_scored"], rows["onp"]["teacher_tokens_generated"]) == (900, 1284)
     assert rows["reference"]["labels_used"] == 5 and rows["reference"]["teacher_tokens_generated"] == 0
     line = next(x for x in table["markdown"].splitlines() if x.startswith("| onp |"))
     assert "70.0% [39.7, 89.2] (7/10)" in line and "+70.0 pts" in line

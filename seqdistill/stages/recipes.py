@@ -251,10 +251,22 @@ def comparison(
 
 
 def teacher_tokens(samples_path: str) -> int:
-    """Completion tokens the teacher generated, over every sample of the file (a resumed run's too)."""
+    """Completion tokens the teacher generated, over every sample of the file (a resumed run's too).
+
+    An API that reports one total for a request's n choices (`usage.request_completion_tokens`) is counted once
+    per prompt and total (the samples of one request share it).
+    """
     if not Path(samples_path).is_file():
         return 0
-    return sum(s.usage.completion_tokens or 0 for s in read_samples(samples_path) if s.usage is not None)
+    total, requests = 0, set()
+    for s in read_samples(samples_path):
+        if s.usage is None:
+            continue
+        if s.usage.completion_tokens is not None:
+            total += s.usage.completion_tokens
+        elif (shared := getattr(s.usage, "request_completion_tokens", None)) is not None:
+            requests.add((s.prompt_id, int(shared)))
+    return total + sum(tokens for _, tokens in requests)
 
 
 def _stages(r: RecipeConfig) -> list[str]:
