@@ -196,6 +196,11 @@ def test_the_table_holds_paired_differences_computed_from_the_per_prompt_results
     assert rows["reference"]["labels_used"] == 5 and rows["reference"]["teacher_tokens_generated"] == 0
     line = next(x for x in table["markdown"].splitlines() if x.startswith("| onp |"))
     assert "70.0% [39.7, 89.2] (7/10)" in line and "+70.0 pts" in line
+    # the report page shows the same table
+    from seqdistill.stages.report import recipes_html
+
+    page = recipes_html(json.loads(json.dumps(table)))
+    assert "<th>vs reference</th>" in page and "p 0.125" in page and page.count("<tr>") == 1 + 5
 
 
 @pytest.mark.parametrize(
