@@ -24,7 +24,8 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(BIN)/seqdistill run --config $(CONFIG)
 
-# Five (six) ways to train the demo's student side by side, one table with paired tests (docs/onpolicy.md; ~30 min).
+# Six ways to train the demo's student side by side, one table with paired tests (docs/onpolicy.md; 21 min measured
+# on 2 shared cores with OMP_NUM_THREADS=1).
 .PHONY: demo-onpolicy
 demo-onpolicy: install
 	$(BIN)/seqdistill run --config configs/demo-onpolicy-cpu.yaml
