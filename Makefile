@@ -24,6 +24,12 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	$(BIN)/seqdistill run --config $(CONFIG)
 
+# Six ways to train the demo's student side by side, one table with paired tests (docs/onpolicy.md; 21 min measured
+# on 2 shared cores with OMP_NUM_THREADS=1).
+.PHONY: demo-onpolicy
+demo-onpolicy: install
+	$(BIN)/seqdistill run --config configs/demo-onpolicy-cpu.yaml
+
 # tests/test_install.py builds the core install (no extras) in its own venv the first time (minutes; kept under
 # the temp dir and reused while the core dependencies stay the same): `-m "not install"` skips it.
 test: install lint

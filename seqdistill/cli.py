@@ -381,6 +381,8 @@ def run_cmd(
     for stage in (summary["generate"], *summary.get("eval", {}).values()):
         _stopped(stage)
     out.print(summary_table(summary))
+    if table := (summary.get("recipes") or {}).get("markdown"):  # the recipes side by side (recipes.json)
+        out.print(table, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("report")

@@ -651,6 +651,48 @@ class ExportConfig(_Config):
     private: bool = Field(False, description="Create the Hub repo private.")
 
 
+class RecipeConfig(_Config):
+    """One way to train the student in a comparison run (`recipes:` of a pipeline; docs/onpolicy.md).
+
+    A recipe is an SFT start (`sft`) optionally followed by on-policy distillation (`onpolicy`). Students that
+    recipes share are trained once: `sft: kept` is the pipeline's own student, `sft: reference` its reference
+    baseline.
+    """
+
+    name: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$",
+        description="Short name (lowercase, digits, - and _): run-dir parts student-<name>, eval-recipe-<name>.jsonl.",
+    )
+    label: str | None = Field(None, description="Row label in the comparison table (default: the name).")
+    sft: Literal["none", "kept", "reference", "vote"] = Field(
+        "kept",
+        description="What the student is first fine-tuned on: none (the untrained student), kept (the filtered "
+        "teacher samples), reference (the prompts' bare reference answers), vote (the teacher samples that agree "
+        "with the teacher's majority answer; no reference answer is used).",
+    )
+    onpolicy: bool = Field(False, description="Then on-policy distillation (train.onpolicy.* settings).")
+    teacher: Literal["teacher", "self"] = Field(
+        "teacher",
+        description="onpolicy: who scores the student's tokens: the teacher (train.onpolicy.teacher, default "
+        "generate.model, with the teacher's prompt), or self: the recipe's SFT'd student given the teacher's prompt.",
+    )
+    train: dict[str, Any] = Field(
+        default_factory=dict,
+        description="onpolicy: train keys that differ for this recipe (e.g. {learning_rate: 1e-5, onpolicy: "
+        "{rounds: 2}}), on top of the train section.",
+    )
+
+    @model_validator(mode="after")
+    def _check_recipe(self) -> RecipeConfig:
+        if self.teacher == "self" and self.sft == "none":
+            raise ValueError(f"recipe {self.name}: teacher self needs an SFT'd student (sft: kept, reference or vote)")
+        if not self.onpolicy and (self.train or self.teacher != "teacher"):
+            raise ValueError(f"recipe {self.name}: teacher and train apply to on-policy recipes: set onpolicy: true")
+        if self.sft == "none" and not self.onpolicy:
+            raise ValueError(f"recipe {self.name}: sft none without onpolicy is the untrained student (always shown)")
+        return self
+
+
 class PipelineConfig(_Config):
     """A recipe: generate -> filter -> train, with held-out eval of teacher and student before/after."""
 
@@ -670,6 +712,23 @@ class PipelineConfig(_Config):
         description="Also train the student on the bare reference answers of the same prompts (same settings) "
         "and evaluate it: the control for distillation.",
     )
+    recipes: list[RecipeConfig] = Field(
+        default_factory=list,
+        description="Also train and evaluate these recipes (SFT start, then optionally on-policy) and write one "
+        "comparison table (recipes.json; docs/onpolicy.md).",
+    )
+    compare_to: str | None = Field(
+        None, description="The recipe every other is compared with, prompt by prompt (default: the first)."
+    )
+
+    @model_validator(mode="after")
+    def _check_recipes(self) -> PipelineConfig:
+        names = [r.name for r in self.recipes]
+        if dup := next((n for n in names if names.count(n) > 1), None):
+            raise ValueError(f"recipes: two recipes are named {dup!r}; names must be unique")
+        if self.compare_to is not None and self.compare_to not in names:
+            raise ValueError(f"compare_to {self.compare_to!r} names no recipe ({', '.join(names) or 'none given'})")
+        return self
 
     def resolved(self) -> PipelineConfig:
         """Fill each stage's paths from run_dir so stage outputs feed the next stage."""
@@ -926,6 +985,7 @@ def reference_markdown() -> str:
         ("filter / train / score / export: `input_format.*` (docs/datasets.md)", InputFormatConfig, "input_format."),
         ("`input_format.fields.*`: the columns that hold each part", FieldMap, "input_format.fields."),
         ("export (docs/export.md)", ExportConfig, ""),
+        ("pipeline: each of `recipes` (docs/onpolicy.md)", RecipeConfig, "recipes[]."),
     ]
     lines: list[str] = []
     for title, cls, prefix in sections:
@@ -975,8 +1035,8 @@ def choices(annotation: Any) -> list[str]:
 
 
 def _row(key: str, field: Any) -> str:
-    default = field.get_default(call_default_factory=True)
-    shown = "—" if default is None else f"`{default}`"
+    default = None if field.is_required() else field.get_default(call_default_factory=True)
+    shown = "required" if field.is_required() else "—" if default is None else f"`{default}`"
     meaning = (field.description or "").replace("|", "/")
     if values := choices(field.annotation):  # every value of an enum key, from its type
         meaning = f"{meaning} One of: {', '.join(f'`{v}`' for v in values)}.".strip()

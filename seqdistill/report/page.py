@@ -144,6 +144,7 @@ def accuracy_section(facts: RunFacts) -> Section:
     heads = ["", "model", "samples", "correct", "wrong", "unverifiable", "accuracy", "95% CI"]
     s.body = html_table(heads + ["majority accuracy"] * has_majority, rows)
     s.body += comparisons_html(facts.summary.get("comparisons"))
+    s.body += recipes_html(facts.summary.get("recipes"))
     if absent:
         s.body += "<p class='missing'>not available: " + _e("; ".join(absent)) + "</p>"
     return s
@@ -184,6 +185,42 @@ pre { background: #f6f6f6; padding: .6rem; white-space: pre-wrap; word-break: br
 .missing { color: #8a5a00; background: #fff6e0; padding: .4rem .6rem; border-left: 3px solid #e0a000; }
 nav a { margin-right: 1rem; }
 """
+
+
+def recipes_html(table: Any) -> str:
+    """The run's `recipes` comparison (stages/recipes.py) as a table; empty when the run has none."""
+    rows = []
+    for r in (table or {}).get("rows", []) if isinstance(table, dict) else []:
+        if not isinstance(r, dict) or not isinstance(r.get("label"), str):
+            continue
+        acc = format_interval(r.get("accuracy"), r.get("ci_low"), r.get("ci_high"))
+        diffs = []
+        for c in (r.get("vs_baseline"), r.get("vs_untrained")):
+            ok = isinstance(c, dict) and isinstance(c.get("difference"), int | float)
+            diffs.append(
+                f"{format_interval(c['difference'], c.get('ci_low'), c.get('ci_high'), signed=True)}, "
+                f"p {format_p(c.get('p_value'))}"
+                if ok
+                else ""
+            )
+        point = r.get("kind") == "point"
+        keys = (
+            "labels_used",
+            "teacher_tokens_generated",
+            "teacher_tokens_scored",
+            "student_tokens_sampled",
+            "seconds",
+        )
+        counts = ["" if point else r.get(k) for k in keys]
+        rows.append([r["label"], acc, *diffs, *counts])
+    if not rows:
+        return ""
+    heads = ["recipe", "accuracy [95% CI]", f"vs {table.get('compare_to')}", "vs untrained", "labels",
+             "teacher tokens generated", "teacher tokens scored", "student tokens sampled", "seconds"]  # fmt: skip
+    note = (
+        "<p>The recipes (recipes.json): each student on the same held-out prompts; paired differences, p-values.</p>"
+    )
+    return note + html_table(heads, rows)
 
 
 def render_html(facts: RunFacts, kept: KeptStats, sections: list[Section], explore: str | None = None) -> str:

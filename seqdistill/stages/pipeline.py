@@ -12,6 +12,9 @@ see fingerprint.py), is reused, not redone; each stage's log line says what it r
 and `force` redoes chosen stages. Stages run by hand into the run dir with the same settings are reused
 alike; `recipe(run_dir)` writes the recipe for what a directory holds (`seqdistill run --print-recipe`).
 The summary (summary.json) is built from what is on disk (summary.py).
+With `recipes`, other ways of training the same student (on-policy, SFT then on-policy, majority-vote labels,
+...) follow, each evaluated alike, and one comparison table is written (stages/recipes.py).
+`summary["seconds"]` holds the wall time of each stage this invocation ran.
 Before any work, every stage's config and inputs that can be checked are (`check`), and one run at a
 time holds the run dir (a lock on its summary.json). A stage stopped by a signal stops the pipeline.
 """
@@ -22,6 +25,7 @@ import functools
 import importlib.util
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +48,7 @@ from seqdistill.prompts import load_prompts
 from seqdistill.records import Message, Sample
 from seqdistill.results import EvalResult, GenerateResult
 from seqdistill.rundir import RunDir
-from seqdistill.stages import evaluate, filter, generate, train
+from seqdistill.stages import evaluate, filter, generate, recipes, train
 from seqdistill.summary import COMPARISONS, comparisons, from_disk
 
 log = logging.getLogger(__name__)
@@ -132,6 +136,7 @@ def check(cfg: PipelineConfig) -> None:
         raise ConfigError("train.kd_alpha > 0 needs the teacher's logprobs: set generate.logprobs (e.g. 5)")
     if cfg.eval is not None:
         evaluate.check_config(cfg.eval)
+    recipes.check(cfg)
 
 
 def _check_student(model: str | None, key: str) -> None:
@@ -172,6 +177,7 @@ def run(cfg: PipelineConfig, force: frozenset[str] = frozenset()) -> dict[str, A
     if unknown:
         raise ConfigError(f"--force {', '.join(sorted(unknown))}: not a stage; choose from {', '.join(FORCEABLE)}")
     stages = Stages(cfg, force)
+    seconds = stages.seconds
     generated = stages.generate()
     if generated is not None and generated.interrupted:
         return {"run_dir": cfg.run_dir, "generate": generated.to_json()}
@@ -188,6 +194,11 @@ def run(cfg: PipelineConfig, force: frozenset[str] = frozenset()) -> dict[str, A
         if "student_reference" in evals and stages.eval("student_reference", evals["student_reference"]):
             return stages.stopped("student_reference")
     summary = stages.summary()
+    if cfg.recipes:
+        summary["recipes"] = recipes.run(cfg, summary, seconds, stages.eval_into(summary))
+        if not summary["recipes"]:
+            return summary
+        summary["comparisons"] = comparisons({k: v for k, v in summary["eval"].items() if isinstance(v, dict)})
     write_json(RunDir(cfg.run_dir).summary, summary)
     return summary
 
@@ -203,6 +214,7 @@ class Stages:
         self.invocation: dict[str, dict[str, str]] = {}
         self.generated = 0
         self.results: dict[str, EvalResult | GenerateResult] = {}
+        self.seconds: dict[str, float] = {}  # wall time of each stage this invocation ran (recipes share them out)
 
     def _decide(self, name: str, group: str, cfg, recorded: dict[str, Any] | None, complete: bool = True) -> bool:
         decision = fingerprint.decide(cfg, recorded, forced=group in self.force, complete=complete)
@@ -216,7 +228,7 @@ class Stages:
             log.info("generate: %s (%s samples, unchanged): reusing them", g.output, (manifest or {}).get("requested"))
             return None
         log.info("generate: %s: teacher %s (%s) -> %s", self._why("generate"), g.model, g.backend, g.output)
-        result = generate.run(g)
+        result = self._timed("generate", generate.run, g)
         self.generated = result.generated
         return result
 
@@ -226,7 +238,7 @@ class Stages:
             log.info("filter: %s unchanged: reusing it", f.output_path())
             return
         log.info("filter: %s: filtering %s -> %s", self._why("filter"), f.input, f.output_path())
-        filter.run(f)
+        self._timed("filter", filter.run, f)
 
     def eval(self, name: str, cfg: EvalConfig) -> bool:
         """Run (or reuse) one eval; True when a signal stopped it."""
@@ -235,7 +247,7 @@ class Stages:
             log.info("eval %s: %s unchanged: reusing it", name, cfg.output)
             return False
         log.info("eval %s: %s: evaluating %s -> %s", name, self._why(f"eval {name}"), cfg.model, cfg.output)
-        self.results[name] = evaluate.run(cfg, role=name)
+        self.results[name] = self._timed(f"eval_{name}", evaluate.run, cfg, role=name)
         return self.results[name].interrupted
 
     def train(self) -> None:
@@ -250,7 +262,7 @@ class Stages:
             shutil.rmtree(Path(t.output) / "checkpoints", ignore_errors=True)
         else:
             log.info("train: %s: student %s on %s -> %s", why, t.model, t.input, t.output)
-        train.run(t)
+        self._timed("train", train.run, t)
 
     def reference(self) -> None:
         d = RunDir(self.cfg.run_dir)
@@ -262,7 +274,30 @@ class Stages:
             log.info("train reference baseline: %s unchanged: reusing it", cfg.output)
             return
         log.info("train reference baseline: %d prompts with their reference answers -> %s", count, cfg.output)
-        train.run(cfg)
+        self._timed("train_reference", train.run, cfg)
+
+    def _timed(self, key: str, fn, *args, **kwargs):
+        start = time.monotonic()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.seconds[key] = round(time.monotonic() - start, 1)
+
+    def eval_into(self, summary: dict[str, Any]):
+        """`fn(name, EvalConfig) -> bool` for recipes.run: one eval (run or reused) into summary["eval"]; False
+        when a signal stopped it."""
+
+        def evaluate_one(name: str, cfg: EvalConfig) -> bool:
+            if self.eval(name, cfg):
+                return False
+            done = self.results.get(name)
+            out = evaluate.output_for_model(cfg)
+            summary.setdefault("eval", {})[name] = (
+                done.to_json() if done is not None else read_json_object(rundir.manifest_path(out))
+            )
+            return True
+
+        return evaluate_one
 
     def _why(self, name: str) -> str:
         return self.invocation[name]["why"]
@@ -280,6 +315,7 @@ class Stages:
         if "generate" in found:
             found["generate"]["generated_this_run"] = self.generated
         found["invocation"] = self.invocation
+        found["seconds"] = self.seconds
         return found
 
 
