@@ -399,6 +399,11 @@ class OnPolicyConfig(_Config):
     teacher_base_url: str | list[str] | None = Field(
         None, description="teacher_backend openai: the server(s), e.g. http://127.0.0.1:8000/v1."
     )
+    teacher_tokenizer: str | None = Field(
+        None,
+        description="The teacher's tokenizer (a model dir or bundled name) when `teacher` is a served model's name "
+        "that does not load here (vllm serve --served-model-name); default: teacher.",
+    )
     teacher_api_key_env: str | None = Field(
         None, description="teacher_backend openai: env var holding the server's API key (never written anywhere)."
     )

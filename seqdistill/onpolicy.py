@@ -206,10 +206,12 @@ def _sft_pool(cfg: TrainConfig, tokenizer) -> list[tuple[list[int], list[int]]]:
     return pool
 
 
-def _load_teacher_tokenizer(name: str):
+def _load_teacher_tokenizer(name: str, tokenizer: str | None = None):
     from seqdistill.models import load_tokenizer
 
-    return load_tokenizer(name, key="onpolicy.teacher")
+    if tokenizer:
+        return load_tokenizer(tokenizer, key="onpolicy.teacher_tokenizer")
+    return load_tokenizer(name, key="onpolicy.teacher (or onpolicy.teacher_tokenizer, for a served name)")
 
 
 def _check_vocabulary(cfg: TrainConfig, teacher: str, teacher_tokenizer, tokenizer) -> None:
@@ -534,7 +536,7 @@ def _setup(cfg: TrainConfig) -> Context:
 
     pool = prompt_pool(cfg)
     teacher = teacher_name(cfg)
-    teacher_tokenizer = _load_teacher_tokenizer(teacher)
+    teacher_tokenizer = _load_teacher_tokenizer(teacher, cfg.onpolicy.teacher_tokenizer)
     model, tokenizer = load_model(
         cfg.model, cfg.dtype, for_generation=False, attn_implementation=cfg.attn_implementation
     )
@@ -639,7 +641,7 @@ def check(cfg: TrainConfig) -> dict[str, Any]:
 
     pool = prompt_pool(cfg)
     teacher = teacher_name(cfg)
-    teacher_tokenizer = _load_teacher_tokenizer(teacher)
+    teacher_tokenizer = _load_teacher_tokenizer(teacher, cfg.onpolicy.teacher_tokenizer)
     tokenizer = load_tokenizer(cfg.model)
     _check_vocabulary(cfg, teacher, teacher_tokenizer, tokenizer)
     ctx = Context(cfg, None, tokenizer, teacher_tokenizer, teacher, pool, [])

