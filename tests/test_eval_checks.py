@@ -18,16 +18,9 @@ from seqdistill.cli import app
 from seqdistill.config import load_stage
 from seqdistill.errors import ConfigError
 from seqdistill.stages import evaluate
-from tests.conftest import write_jsonl
-from tests.fake_openai_server import FakeOpenAIServer
+from tests.conftest import SERVED_MODEL, write_jsonl
 
-MODEL = "teacher"
-
-
-@pytest.fixture
-def server():
-    with FakeOpenAIServer(models=[MODEL]) as s:
-        yield s
+MODEL = SERVED_MODEL  # the `server` fixture (conftest) answers to it
 
 
 @pytest.fixture

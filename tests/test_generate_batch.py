@@ -40,9 +40,7 @@ FAST = (
 
 
 @pytest.fixture(autouse=True)
-def _no_ambient_key(monkeypatch):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("SEQDISTILL_DEBUG", raising=False)
+def _no_kill_hook(monkeypatch):  # conftest's _no_ambient_key clears the API key and debug switch
     monkeypatch.delenv("SEQDISTILL_TEST_KILL_AT", raising=False)
 
 

@@ -17,17 +17,6 @@ from tests.test_generate_openai import MODEL, assert_exit, cli, free_port, keys,
 FAST = ("--set", "backoff_base=0.05", "--set", "backoff_max=0.2")
 
 
-@pytest.fixture(autouse=True)
-def _no_ambient_key(monkeypatch):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-
-
-@pytest.fixture
-def server():
-    with FakeOpenAIServer(models=[MODEL]) as s:
-        yield s
-
-
 def _manifest(output):
     return json.loads(output.with_name(output.stem + ".manifest.json").read_text())
 

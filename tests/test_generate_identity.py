@@ -8,12 +8,10 @@ import logging
 import signal
 from collections import Counter
 
-import pytest
 from typer.testing import CliRunner
 
 from seqdistill.cli import app
 from tests.conftest import make_sample, read_jsonl, write_jsonl
-from tests.fake_openai_server import FakeOpenAIServer
 from tests.test_generate_openai import (
     MODEL,
     assert_exit,
@@ -25,18 +23,6 @@ from tests.test_generate_openai import (
     spawn,
     wait_for,
 )
-
-
-@pytest.fixture(autouse=True)
-def _no_ambient_key(monkeypatch):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("SEQDISTILL_DEBUG", raising=False)
-
-
-@pytest.fixture
-def server():
-    with FakeOpenAIServer(models=[MODEL]) as s:
-        yield s
 
 
 def twin_rows(pairs: int) -> list[dict]:

@@ -23,24 +23,12 @@ from typer.testing import CliRunner
 from seqdistill import stats
 from seqdistill.cli import app
 from seqdistill.records import Sample
-from tests.conftest import read_jsonl, write_jsonl
+from tests.conftest import SERVED_MODEL, read_jsonl, write_jsonl
 from tests.fake_openai_server import FakeOpenAIServer, answer_text, reasoning_text
 
-MODEL = "teacher"
+MODEL = SERVED_MODEL
 KEY = "sk-test-0123456789abcdef"
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def _no_ambient_key(monkeypatch):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("SEQDISTILL_DEBUG", raising=False)
-
-
-@pytest.fixture
-def server():
-    with FakeOpenAIServer(models=[MODEL]) as s:
-        yield s
 
 
 def prompt_rows(start: int, stop: int) -> list[dict]:

@@ -19,10 +19,10 @@ from seqdistill.errors import DataError
 from seqdistill.prompts import load_prompts
 from seqdistill.records import Sample, sample_id
 from seqdistill.stages import generate
-from tests.conftest import read_jsonl, write_jsonl
+from tests.conftest import SERVED_MODEL, read_jsonl, write_jsonl
 from tests.fake_openai_server import FakeOpenAIServer, Malformed, tool_answer_text
 
-MODEL = "teacher"
+MODEL = SERVED_MODEL  # the `server` fixture (conftest) answers to it
 WEATHER = {
     "type": "function",
     "function": {
@@ -33,11 +33,6 @@ WEATHER = {
 }
 ASK = "What is the weather in Paris today?"
 RESULT = "Sunny, 24 degrees Celsius"
-
-
-@pytest.fixture(autouse=True)
-def _no_ambient_key(monkeypatch):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
 
 
 @pytest.fixture

@@ -20,12 +20,6 @@ FAST = ("--set", "backoff_base=0.01", "--set", "backoff_max=0.05", "--set", "max
 N = 2
 
 
-@pytest.fixture(autouse=True)
-def _no_ambient_key(monkeypatch):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("SEQDISTILL_DEBUG", raising=False)
-
-
 def _choices(fn):
     """A mangle that edits every choice: fn(choice) changes it in place."""
 

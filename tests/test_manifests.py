@@ -15,21 +15,8 @@ from typer.testing import CliRunner
 
 from seqdistill.cli import app
 from tests.conftest import write_jsonl
-from tests.fake_openai_server import FakeOpenAIServer
-from tests.test_generate_openai import MODEL, generate_args, line_count, pending, prompt_rows, samples, spawn, wait_for
+from tests.test_generate_openai import generate_args, line_count, pending, prompt_rows, samples, spawn, wait_for
 from tests.test_signals import CODES, finish
-
-
-@pytest.fixture(autouse=True)
-def _no_ambient_key(monkeypatch):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("SEQDISTILL_DEBUG", raising=False)
-
-
-@pytest.fixture
-def server():
-    with FakeOpenAIServer(models=[MODEL]) as s:
-        yield s
 
 
 def manifest(output: Path) -> dict:

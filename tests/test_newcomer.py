@@ -15,7 +15,6 @@ import logging
 import re
 from pathlib import Path
 
-import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -48,12 +47,6 @@ def cli(*args: str) -> str:
     result = runner.invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     return result.output
-
-
-@pytest.fixture
-def server():
-    with FakeOpenAIServer(models=["teacher"]) as s:
-        yield s
 
 
 def test_stages_by_hand_into_one_run_dir_end_in_a_report(tmp_path, server, tiny_model):

@@ -20,7 +20,6 @@ import pytest
 from seqdistill.errors import DataError
 from seqdistill.io import exclusive_lock, lock_path, remove_stale_temps, write_atomic
 from tests.conftest import make_sample, write_jsonl
-from tests.fake_openai_server import FakeOpenAIServer
 from tests.test_generate_openai import (
     MODEL,
     REPO,
@@ -33,18 +32,6 @@ from tests.test_generate_openai import (
     spawn,
     wait_for,
 )
-
-
-@pytest.fixture(autouse=True)
-def _no_ambient_key(monkeypatch):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("SEQDISTILL_DEBUG", raising=False)
-
-
-@pytest.fixture
-def server():
-    with FakeOpenAIServer(models=[MODEL]) as s:
-        yield s
 
 
 def _env() -> dict[str, str]:

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from seqdistill import rundir
 from seqdistill.config import FilterConfig, load_stage
 from seqdistill.results import EvalResult, FilterResult, FunnelRow, GenerateResult
 from seqdistill.stages import evaluate, generate
 from seqdistill.stages import filter as filter_stage
 from tests.conftest import make_sample, write_jsonl
-from tests.fake_openai_server import FakeOpenAIServer
 
 
 def test_filter_returns_its_report_typed_and_writes_the_same_json(tmp_path):
@@ -28,12 +25,6 @@ def test_filter_returns_its_report_typed_and_writes_the_same_json(tmp_path):
     on_disk = json.loads((tmp_path / "k.report.json").read_text())
     assert report.to_json() == on_disk and on_disk["funnel"][0].keys() == {"rule", "in", "dropped", "kept", "examples"}
     assert report["kept"] == report.kept == 1  # read by key, as the old dict was
-
-
-@pytest.fixture
-def server():
-    with FakeOpenAIServer(models=["teacher"]) as s:
-        yield s
 
 
 def test_generate_and_eval_return_typed_results(server, tmp_path):

@@ -36,12 +36,6 @@ REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def _no_ambient_key(monkeypatch):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("SEQDISTILL_DEBUG", raising=False)
-
-
 def _samples(path: Path, count: int = 6) -> Path:
     """Samples whose teacher sent no logprobs: one with its own teacher prompt, one with a reasoning trace."""
     rows = [

@@ -18,9 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_sample, write_jsonl
-from tests.fake_openai_server import FakeOpenAIServer
 from tests.test_generate_openai import (
-    MODEL,
     REPO,
     generate_args,
     keys,
@@ -34,18 +32,6 @@ from tests.test_generate_openai import (
 )
 
 CODES = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
-
-
-@pytest.fixture(autouse=True)
-def _no_ambient_key(monkeypatch):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("SEQDISTILL_DEBUG", raising=False)
-
-
-@pytest.fixture
-def server():
-    with FakeOpenAIServer(models=[MODEL]) as s:
-        yield s
 
 
 def processes_mentioning(text: str) -> list[int]:

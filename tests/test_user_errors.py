@@ -24,22 +24,9 @@ from typer.testing import CliRunner
 import seqdistill.io
 from seqdistill.cli import app, command
 from tests.conftest import make_sample, write_jsonl
-from tests.fake_openai_server import FakeOpenAIServer
 from tests.test_generate_openai import MODEL, REPO, generate_args, keys, prompt_rows, samples
 
 SECRET = "hunter2-s3cret"
-
-
-@pytest.fixture(autouse=True)
-def _no_ambient_key(monkeypatch):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("SEQDISTILL_DEBUG", raising=False)
-
-
-@pytest.fixture
-def server():
-    with FakeOpenAIServer(models=[MODEL]) as s:
-        yield s
 
 
 def invoke(*args: str):

@@ -48,12 +48,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _no_ambient_key(monkeypatch):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    monkeypatch.delenv("SEQDISTILL_DEBUG", raising=False)
-
-
 # --- the server -----------------------------------------------------------------------------------------
 
 
