@@ -129,6 +129,26 @@ def _sample(sample_id: str, completion: str) -> dict:
 
 
 @requires_sandbox
+def test_an_interpreter_under_tmp_still_runs(monkeypatch):
+    """A venv under /tmp (as a CI clone has): the sandbox's private /tmp must not hide it, and the program's own
+    /tmp stays the private one (nothing it writes there reaches the host's /tmp)."""
+    import shutil
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="seqdistill-venv-", dir="/tmp"))
+    try:
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(home / "venv")], check=True)
+        monkeypatch.setenv("SEQDISTILL_SANDBOX_PYTHON", str(home / "venv" / "bin" / "python"))
+        mark = f"/tmp/seqdistill-mark-{uuid.uuid4().hex}"  # the program's /tmp is its own: this never reaches ours
+        program = f"open({mark!r}, 'w').write('x')\n"
+        verdict = check("code", block(program + GOOD), TESTS)
+        assert verdict.correct is True, verdict.reason
+        assert not Path(mark).exists()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@requires_sandbox
 def test_the_program_cannot_write_files_on_the_host(interpreter, tmp_path):
     targets = [tmp_path / "escaped.txt", Path(f"/tmp/seqdistill-escape-{uuid.uuid4().hex}")]
     program = (

@@ -230,17 +230,19 @@ class _Mode:
                 mounts += ["--symlink", os.readlink(top), top]
             elif os.path.isdir(top):
                 mounts += ["--ro-bind", top, top]
-        made: set[str] = set()
+        size = str(tmp_bytes)
+        mounts += ["--proc", "/proc", "--dev", "/dev"]
+        mounts += ["--perms", "1777", "--size", size, "--tmpfs", "/tmp"]
+        mounts += ["--perms", "1777", "--size", size, "--tmpfs", "/dev/shm"]
+        # the interpreter after the tmpfs mounts, so that a venv under /tmp (a CI clone) is bound on top of the
+        # private /tmp rather than hidden by it
+        made: set[str] = {"/tmp", "/dev", "/dev/shm"}
         for root in _python_roots(self.python):
             for parent in _parents(root):  # created 0755: bwrap's own default does not let the dropped uid through
                 if parent not in made and not os.path.islink(parent):
                     mounts += ["--perms", "0755", "--dir", parent]
                     made.add(parent)
             mounts += ["--ro-bind", root, root]
-        size = str(tmp_bytes)
-        mounts += ["--proc", "/proc", "--dev", "/dev"]
-        mounts += ["--perms", "1777", "--size", size, "--tmpfs", "/tmp"]
-        mounts += ["--perms", "1777", "--size", size, "--tmpfs", "/dev/shm"]
         mounts += ["--remount-ro", "/dev", "--remount-ro", "/"]  # only /tmp and /dev/shm (sized) are writable
         env = ["--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "LANG", "C.UTF-8"]
         env += ["--setenv", "PYTHONHASHSEED", "0", "--chdir", "/tmp"]
